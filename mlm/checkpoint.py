@@ -1,0 +1,218 @@
+"""Checkpoints that survive kill -9: step-numbered folders written atomically, verified on load.
+
+A checkpoint folder holds everything needed to continue the run and to use the model:
+`model.safetensors` (weights of the unwrapped module), `model_config.json`, `tokenizer.json`,
+`config.yaml` (the run's resolved config), `trainer_state.pt` (optimizer, step, data
+position, RNGs; read with `torch.load(weights_only=True)`, never unpickled freely) and
+`manifest.json` (size and SHA-256 of every file), written last. The folder is built under a
+temporary name, fsynced, then renamed, so a crash mid-save leaves the previous checkpoint
+as the newest complete one; a folder whose files don't match its manifest is skipped.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mlm.errors import UserError
+
+MODEL_FILE = "model.safetensors"
+MODEL_CONFIG_FILE = "model_config.json"
+TOKENIZER_FILE = "tokenizer.json"
+RUN_CONFIG_FILE = "config.yaml"
+STATE_FILE = "trainer_state.pt"
+MANIFEST_FILE = "manifest.json"
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(root: str | Path, step: int, model_state: dict[str, torch.Tensor],
+                    model_config: dict[str, Any], tokenizer_json: str, run_config_yaml: str,
+                    trainer_state: dict[str, Any] | None, keep: int = 0) -> Path:
+    """Write `root/step_<step>/` atomically and prune to the newest `keep` (0: keep all)."""
+    from safetensors.torch import save_file
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step_{step}"
+    tmp = root / f".tmp_step_{step}_{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    # safetensors refuses shared storage (tied embeddings): store contiguous copies, the
+    # model re-ties on load because only the input embedding is a real parameter.
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model_state.items()}
+    save_file(tensors, str(tmp / MODEL_FILE), metadata={"format": "pt", "step": str(step)})
+    (tmp / MODEL_CONFIG_FILE).write_text(json.dumps(model_config, indent=2), encoding="utf-8")
+    (tmp / TOKENIZER_FILE).write_text(tokenizer_json, encoding="utf-8")
+    (tmp / RUN_CONFIG_FILE).write_text(run_config_yaml, encoding="utf-8")
+    if trainer_state is not None:
+        torch.save(trainer_state, tmp / STATE_FILE)
+    files = sorted(p.name for p in tmp.iterdir())
+    for name in files:
+        with open(tmp / name, "rb") as fh:
+            os.fsync(fh.fileno())
+    manifest = {"step": step, "files": {n: {"size": (tmp / n).stat().st_size, "sha256": _sha256(tmp / n)}
+                                        for n in files}}
+    with open(tmp / MANIFEST_FILE, "w", encoding="utf-8") as fh:
+        json.dump(manifest, fh, indent=2)
+        fh.flush()
+        os.fsync(fh.fileno())
+    _fsync_dir(tmp)
+    if final.exists():  # re-saving the same step (e.g. end of run right after a periodic save)
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(root)
+    if keep > 0:
+        for old in list_checkpoints(root)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(root: str | Path) -> list[Path]:
+    """Complete-looking `step_<N>` folders under `root`, oldest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)) and p.is_dir()]
+    return [p for _, p in sorted(found)]
+
+
+def verify_checkpoint(path: str | Path) -> str | None:
+    """None when every file matches the manifest, else what is wrong (one line)."""
+    path = Path(path)
+    manifest_path = path / MANIFEST_FILE
+    if not manifest_path.is_file():
+        return f"{manifest_path} is missing (incomplete save?)"
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        files = manifest["files"]
+    except (ValueError, KeyError, TypeError):
+        return f"{manifest_path} is not a valid manifest"
+    for name, meta in files.items():
+        f = path / name
+        if not f.is_file():
+            return f"{f} is missing"
+        if f.stat().st_size != meta["size"]:
+            return f"{f} has {f.stat().st_size} bytes, manifest says {meta['size']} (truncated?)"
+        if _sha256(f) != meta["sha256"]:
+            return f"{f} does not match its SHA-256 in the manifest (corrupted?)"
+    return None
+
+
+def latest_checkpoint(root: str | Path) -> Path | None:
+    """The newest checkpoint under `root` that verifies; warns about each one skipped."""
+    for path in reversed(list_checkpoints(root)):
+        problem = verify_checkpoint(path)
+        if problem is None:
+            return path
+        warnings.warn(f"skipping checkpoint {path}: {problem}", stacklevel=2)
+    return None
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder, or a run's output_dir meaning its newest valid checkpoint."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: checkpoint not found")
+    if (path / MANIFEST_FILE).is_file() or (path / MODEL_FILE).is_file():
+        problem = verify_checkpoint(path)
+        if problem is not None:
+            raise UserError(f"{path}: broken checkpoint: {problem}")
+        return path
+    for root in (path / "checkpoints", path):
+        found = latest_checkpoint(root)
+        if found is not None:
+            return found
+    raise UserError(f"{path}: no valid checkpoint in this folder (expected {MODEL_FILE} and {MANIFEST_FILE}, "
+                    f"or checkpoints/step_<N>/)")
+
+
+def load_model_config(path: str | Path) -> dict[str, Any]:
+    f = Path(path) / MODEL_CONFIG_FILE
+    try:
+        return json.loads(f.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{f}: missing model config") from None
+    except ValueError:
+        raise UserError(f"{f}: not valid JSON") from None
+
+
+def load_model_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    f = Path(path) / MODEL_FILE
+    if not f.is_file():
+        raise UserError(f"{f}: missing model weights")
+    try:
+        return load_file(str(f))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise UserError(f"{f}: unreadable safetensors file ({err})") from None
+
+
+def load_trainer_state(path: str | Path) -> dict[str, Any]:
+    """Trainer state with `weights_only=True`: a pickle that would run code is refused."""
+    f = Path(path) / STATE_FILE
+    if not f.is_file():
+        raise UserError(f"{f}: missing trainer state")
+    try:
+        return torch.load(f, map_location="cpu", weights_only=True)
+    except Exception as err:  # UnpicklingError for unsafe globals, RuntimeError for corruption
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"{f}: refused to load trainer state: {first[:300]}") from None
+
+
+def load_pretrained(path: str | Path, device: str | torch.device = "cpu"):
+    """(model, tokenizer) from a checkpoint folder or a run's output_dir (its newest valid checkpoint)."""
+    from mlm.config import ModelConfig, _build
+    from mlm.model import MLMModel
+    from mlm.tokenizer import load_tokenizer
+
+    ckpt = resolve_checkpoint(path)
+    cfg = _build(ModelConfig, load_model_config(ckpt), prefix="model.")
+    model = MLMModel(cfg)
+    state = load_model_weights(ckpt)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not _is_tied(model, k)]
+    if missing or unexpected:
+        raise UserError(f"{ckpt / MODEL_FILE}: weights do not match {MODEL_CONFIG_FILE} "
+                        f"(missing: {missing[:3]}, unexpected: {unexpected[:3]})")
+    model.to(device).eval()
+    return model, load_tokenizer(ckpt / TOKENIZER_FILE)
+
+
+def _is_tied(model: torch.nn.Module, key: str) -> bool:
+    """A missing key that shares storage with a loaded parameter (tied decoder weight)."""
+    params = dict(model.named_parameters(remove_duplicate=False))
+    target = params.get(key)
+    if target is None:
+        return False
+    return any(p is target for k, p in params.items() if k != key)

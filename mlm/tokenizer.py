@@ -1,0 +1,111 @@
+"""Tokenizer training and loading, and the one definition of which ids are special.
+
+`special_token_ids` is the single source of truth for the ids that the collator never
+selects and the model's logits exclude (set to -inf): both read it from here, so a label
+can never be a token of probability zero.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+from mlm.errors import UserError
+
+PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
+SPECIAL_TOKENS = [PAD, UNK, CLS, SEP, MASK]
+TOKENIZER_KINDS = ("wordpiece", "bpe", "unigram")
+
+
+def special_token_ids(tokenizer: Any) -> list[int]:
+    """Sorted ids of every special token of a `tokenizers.Tokenizer` or a transformers tokenizer."""
+    if isinstance(tokenizer, Tokenizer):
+        ids = {i for i, tok in tokenizer.get_added_tokens_decoder().items() if tok.special}
+        for name in SPECIAL_TOKENS:  # tokens of a hand-made vocab that were never "added"
+            tid = tokenizer.token_to_id(name)
+            if tid is not None:
+                ids.add(tid)
+        return sorted(ids)
+    if hasattr(tokenizer, "all_special_ids"):  # transformers PreTrainedTokenizer(Fast)
+        return sorted(set(int(i) for i in tokenizer.all_special_ids))
+    raise TypeError(f"cannot read special tokens from {type(tokenizer).__name__}; "
+                    "pass a tokenizers.Tokenizer or a transformers tokenizer")
+
+
+def token_id(tokenizer: Tokenizer, token: str) -> int:
+    tid = tokenizer.token_to_id(token)
+    if tid is None:
+        raise UserError(f"tokenizer has no {token} token; it needs {', '.join(SPECIAL_TOKENS)}")
+    return tid
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int, kind: str = "wordpiece",
+                    length: int | None = None) -> Tokenizer:
+    """Train a BERT-style tokenizer (BERT normalizer, [CLS] x [SEP] template) on `texts`."""
+    if kind == "wordpiece":
+        tok = Tokenizer(models.WordPiece(unk_token=UNK))
+        trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
+                                            continuing_subword_prefix="##", show_progress=False)
+        tok.decoder = decoders.WordPiece(prefix="##")
+    elif kind == "bpe":
+        tok = Tokenizer(models.BPE(unk_token=UNK, continuing_subword_prefix="##"))
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
+                                      continuing_subword_prefix="##", show_progress=False)
+        tok.decoder = decoders.WordPiece(prefix="##")
+    elif kind == "unigram":
+        tok = Tokenizer(models.Unigram())
+        trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
+                                          unk_token=UNK, show_progress=False)
+        tok.decoder = decoders.Metaspace()
+    else:
+        raise UserError(f"data.tokenizer_type: unknown kind {kind!r}; choose one of {', '.join(TOKENIZER_KINDS)}")
+    tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
+                                                strip_accents=None, lowercase=True)
+    if kind == "unigram":
+        tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(),
+                                                     pre_tokenizers.Punctuation(), pre_tokenizers.Metaspace()])
+    else:
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.train_from_iterator(texts, trainer=trainer, length=length)
+    cls_id, sep_id = tok.token_to_id(CLS), tok.token_to_id(SEP)
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{CLS} $A {SEP}", pair=f"{CLS} $A {SEP} $B:1 {SEP}:1",
+        special_tokens=[(CLS, cls_id), (SEP, sep_id)])
+    return tok
+
+
+def load_tokenizer(path: str | Path) -> Tokenizer:
+    """Load a `tokenizer.json`, or the one inside a folder, with a one-line error when it can't."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "tokenizer.json"
+    if not path.is_file():
+        raise UserError(f"{path}: tokenizer file not found")
+    try:
+        tok = Tokenizer.from_file(str(path))
+    except Exception as err:  # tokenizers raises a bare Exception on bad JSON
+        raise UserError(f"{path}: not a valid tokenizers JSON file ({str(err).splitlines()[0][:200]})") from None
+    for name in (PAD, MASK):
+        if tok.token_to_id(name) is None:
+            raise UserError(f"{path}: tokenizer has no {name} token; MLM needs {PAD} and {MASK}")
+    return tok
+
+
+def tokenizer_hash(tokenizer: Tokenizer) -> str:
+    """A short content hash: caches built with one tokenizer are never reused with another."""
+    canonical = json.dumps(json.loads(tokenizer.to_str()), sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def batched(items: Iterable[str], size: int) -> Iterator[list[str]]:
+    batch: list[str] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

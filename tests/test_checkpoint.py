@@ -1,0 +1,95 @@
+"""Checkpoint folders: atomic, verified against their manifest, never unpickled unsafely."""
+import os
+import pickle
+import warnings
+
+import pytest
+import torch
+
+from mlm import checkpoint as ck
+from mlm.errors import UserError
+
+
+def _save(root, step, keep=0, value=1.0):
+    state = {"w": torch.full((4, 4), value), "b": torch.zeros(4)}
+    return ck.save_checkpoint(root, step, state, {"hidden_size": 4}, '{"tok": 1}', "a: 1\n",
+                              {"step": step, "optimizer": {"state": {}, "param_groups": []}}, keep=keep)
+
+
+def test_save_writes_every_part_and_a_manifest(tmp_path):
+    path = _save(tmp_path, 5)
+    assert path.name == "step_5"
+    names = {p.name for p in path.iterdir()}
+    assert names == {ck.MODEL_FILE, ck.MODEL_CONFIG_FILE, ck.TOKENIZER_FILE, ck.RUN_CONFIG_FILE,
+                     ck.STATE_FILE, ck.MANIFEST_FILE}
+    assert ck.verify_checkpoint(path) is None
+    assert torch.equal(ck.load_model_weights(path)["w"], torch.ones(4, 4))
+    assert ck.load_trainer_state(path)["step"] == 5
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp")]
+
+
+def test_keep_prunes_oldest(tmp_path):
+    for step in (1, 2, 3, 4):
+        _save(tmp_path, step, keep=2)
+    assert [p.name for p in ck.list_checkpoints(tmp_path)] == ["step_3", "step_4"]
+
+
+def test_truncated_weights_fall_back_to_previous_with_warning(tmp_path):
+    _save(tmp_path, 1)
+    newest = _save(tmp_path, 2)
+    weights = newest / ck.MODEL_FILE
+    with open(weights, "r+b") as fh:
+        fh.truncate(weights.stat().st_size // 2)
+    with pytest.warns(UserWarning, match=r"skipping checkpoint .*step_2.*truncated"):
+        assert ck.latest_checkpoint(tmp_path).name == "step_1"
+
+
+def test_corrupted_bytes_are_detected(tmp_path):
+    path = _save(tmp_path, 1)
+    data = bytearray((path / ck.MODEL_CONFIG_FILE).read_bytes())
+    data[2] ^= 0xFF
+    (path / ck.MODEL_CONFIG_FILE).write_bytes(bytes(data))
+    assert "SHA-256" in ck.verify_checkpoint(path)
+
+
+def test_half_written_save_is_invisible(tmp_path):
+    _save(tmp_path, 1)
+    partial = tmp_path / ".tmp_step_2_999"
+    partial.mkdir()
+    (partial / ck.MODEL_FILE).write_bytes(b"garbage")
+    step_2_without_manifest = tmp_path / "step_3"
+    step_2_without_manifest.mkdir()
+    (step_2_without_manifest / ck.MODEL_FILE).write_bytes(b"garbage")
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        assert ck.latest_checkpoint(tmp_path).name == "step_1"
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, ("touch PWNED_BY_CHECKPOINT",))
+
+
+def test_pickled_code_in_trainer_state_is_refused_and_not_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = _save(tmp_path, 1)
+    with open(path / ck.STATE_FILE, "wb") as fh:
+        pickle.dump({"step": 1, "evil": _RunsCode()}, fh)
+    torch.save({"step": 1, "evil": _RunsCode()}, path / ck.STATE_FILE)
+    with pytest.raises(UserError, match="refused to load trainer state"):
+        ck.load_trainer_state(path)
+    assert not (tmp_path / "PWNED_BY_CHECKPOINT").exists()
+
+
+def test_resolve_accepts_run_dir_and_names_problems(tmp_path):
+    run = tmp_path / "run"
+    _save(run / "checkpoints", 3)
+    _save(run / "checkpoints", 7)
+    assert ck.resolve_checkpoint(run).name == "step_7"
+    with pytest.raises(UserError, match="checkpoint not found"):
+        ck.resolve_checkpoint(tmp_path / "missing")
+    with pytest.raises(UserError, match="no valid checkpoint"):
+        ck.resolve_checkpoint(tmp_path)
+    (run / "checkpoints" / "step_7" / ck.TOKENIZER_FILE).unlink()
+    with pytest.raises(UserError, match=r"broken checkpoint: .*tokenizer.json is missing"):
+        ck.resolve_checkpoint(run / "checkpoints" / "step_7")
