@@ -186,8 +186,10 @@ def load_trainer_state(path: str | Path) -> dict[str, Any]:
     try:
         return torch.load(f, map_location="cpu", weights_only=True)
     except Exception as err:  # UnpicklingError for unsafe globals, RuntimeError for corruption
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"{f}: refused to load trainer state: {first[:300]}") from None
+        lines = [l.strip() for l in str(err).splitlines() if l.strip()] or [type(err).__name__]
+        reason = next((l for l in lines if "Unsupported global" in l or "Unsupported operand" in l), lines[0])
+        raise UserError(f"{f}: refused to load trainer state (only tensors and plain values are "
+                        f"accepted): {reason[:300]}") from None
 
 
 def load_pretrained(path: str | Path, device: str | torch.device = "cpu"):

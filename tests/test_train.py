@@ -1,0 +1,230 @@
+"""The training loop: loss goes down, resume is exact (even after kill -9), accumulation and
+data parallelism give the batch-32 gradient, non-finite steps are skipped, bad input fails
+in one line."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO, tiny_overrides
+from mlm import checkpoint as ck
+from mlm.config import load_config
+from mlm.errors import UserError
+from mlm.train import (GlobalBatches, Runtime, batch_plan, build_collator, build_optimizer, lr_at,
+                       model_config_for, split_for_rank, train, train_step)
+
+
+def _metrics(out: Path) -> list[dict]:
+    return [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines() if l.strip()]
+
+
+def _train_losses(out: Path) -> dict[int, float]:
+    return {m["step"]: m["train_loss"] for m in _metrics(out) if "train_loss" in m and m["train_loss"] is not None}
+
+
+def _cli(args: list[str], **kw) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "mlm.train", *args], capture_output=True, text=True,
+                          cwd=str(REPO), env=env, **kw)
+
+
+@pytest.fixture(scope="module")
+def reference_run(corpus_file, data_cache, tmp_path_factory):
+    """An uninterrupted 20-step run that the resume tests compare against."""
+    out = tmp_path_factory.mktemp("reference")
+    cfg = load_config(None, tiny_overrides(corpus_file, data_cache, out))
+    final = train(cfg)
+    return out, final
+
+
+def test_tiny_run_learns_and_writes_everything(reference_run):
+    out, final = reference_run
+    losses = _train_losses(out)
+    assert sorted(losses) == list(range(1, 21))
+    first, last = np.mean([losses[s] for s in (1, 2, 3)]), np.mean([losses[s] for s in (18, 19, 20)])
+    assert last < first - 0.5, (first, last)
+    evals = [m for m in _metrics(out) if "eval_loss" in m]
+    assert [m["step"] for m in evals] == [10, 20]
+    assert 0.0 <= final["eval_accuracy"] <= 1.0 and final["eval_perplexity"] > 1.0
+    assert (out / "config.yaml").is_file()
+    assert [p.name for p in ck.list_checkpoints(out / "checkpoints")] == ["step_5", "step_10", "step_15", "step_20"]
+
+
+def test_load_pretrained_returns_working_model_and_tokenizer(reference_run):
+    import mlm
+    out, _ = reference_run
+    model, tok = mlm.load_pretrained(out)
+    ids = torch.tensor([tok.encode("the function returns a value").ids])
+    logits = model(ids).logits
+    assert logits.shape == (1, ids.shape[1], tok.get_vocab_size())
+
+
+def _popen(args: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "mlm.train", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, cwd=str(REPO), env=env)
+
+
+def test_resume_after_sigkill_is_bit_exact(reference_run, corpus_file, data_cache, tmp_path):
+    ref_out, _ = reference_run
+    out = tmp_path / "killed"
+    # The lr schedule is constant, so a run told to go on "forever" takes the reference's
+    # first steps exactly; kill it right after its step-4 checkpoint, mid-flight.
+    endless = tiny_overrides(corpus_file, data_cache, out, **{"train.max_steps": 100000, "checkpoint.every": 2})
+    proc = _popen(endless)
+    deadline = time.time() + 120
+    while not (out / "checkpoints" / "step_4").is_dir():
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.time() < deadline
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    newest = ck.list_checkpoints(out / "checkpoints")[-1]
+    assert int(newest.name.split("_")[1]) < 20, "killed too late to test anything"
+    resumed = _cli(tiny_overrides(corpus_file, data_cache, out, **{"checkpoint.every": 2}))
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from" in resumed.stderr
+    assert _train_losses(out) == _train_losses(ref_out)  # bit-exact on CPU, every step
+
+
+def test_sigterm_saves_and_exits_cleanly(corpus_file, data_cache, tmp_path):
+    out = tmp_path / "term"
+    proc = _popen(tiny_overrides(corpus_file, data_cache, out, **{"train.max_steps": 100000,
+                                                                "checkpoint.every": 0, "eval.every": 0}))
+    deadline = time.time() + 120
+    while not (out / "metrics.jsonl").is_file() or len(_train_losses(out)) < 3:
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    saved = ck.list_checkpoints(out / "checkpoints")
+    assert len(saved) == 1 and int(saved[0].name.split("_")[1]) >= 3
+    assert '"stopped": "SIGTERM"' in err.decode()
+
+
+def test_resume_refuses_changed_model(reference_run, corpus_file, data_cache, tmp_path):
+    import shutil
+    ref_out, _ = reference_run
+    out = tmp_path / "changed"
+    shutil.copytree(ref_out, out)
+    cfg = load_config(None, tiny_overrides(corpus_file, data_cache, out, **{"model.num_layers": 3,
+                                                                          "train.max_steps": 30}))
+    with pytest.raises(UserError, match=r"cannot resume, the model config changed \(model.num_layers: "
+                                        r"checkpoint has 2, config now has 3\)"):
+        train(cfg)
+
+
+def _one_step_setup(corpus_file, data_cache, tmp_path, **extra):
+    from mlm.data import prepare_data
+    from mlm.model import MLMModel
+    cfg = load_config(None, tiny_overrides(corpus_file, data_cache, tmp_path, **{"model.dropout": 0.0, **extra}))
+    prepared = prepare_data(cfg)
+    torch.manual_seed(0)
+    model = MLMModel(model_config_for(cfg, prepared.tokenizer))
+    batches = GlobalBatches(prepared.train, build_collator(cfg, prepared.tokenizer), 32, seed=0)
+    return cfg, model, batches.get(0)
+
+
+def test_gradient_accumulation_4x8_matches_batch_32(corpus_file, data_cache, tmp_path):
+    cfg, model_a, batch = _one_step_setup(corpus_file, data_cache, tmp_path)
+    model_b = type(model_a)(model_a.cfg)
+    model_b.load_state_dict(model_a.state_dict())
+    rt = Runtime(torch.device("cpu"), 0, 1, 0, "fp32")
+    results = []
+    for model, micro in ((model_a, 32), (model_b, 8)):
+        opt = build_optimizer(model, cfg.train, rt.device)
+        results.append(train_step(model, opt, split_for_rank(batch, 0, 1, micro, 32 // micro), rt, 1.0))
+    assert results[0].masked_tokens == results[1].masked_tokens > 0
+    assert abs(results[0].loss - results[1].loss) < 1e-5
+    for (name, pa), pb in zip(model_a.named_parameters(), model_b.parameters()):
+        torch.testing.assert_close(pa, pb, atol=1e-5, rtol=0, msg=name)
+
+
+def test_non_finite_step_is_skipped_and_training_continues(corpus_file, data_cache, tmp_path, capsys):
+    cfg = load_config(None, tiny_overrides(corpus_file, data_cache, tmp_path / "nan",
+                                           **{"train.max_steps": 8, "checkpoint.every": 0}))
+    final = train(cfg, poison_steps=[3])
+    events = _metrics(tmp_path / "nan")
+    assert {"step": 4, "skipped": True, "train_loss": None} in events
+    assert "step 4: non-finite loss or gradient" in capsys.readouterr().err
+    assert final["step"] == 8 and np.isfinite(final["train_loss"])
+    model, _ = __import__("mlm").load_pretrained(tmp_path / "nan")
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_too_many_bad_steps_stop_with_a_clear_message(corpus_file, data_cache, tmp_path):
+    cfg = load_config(None, tiny_overrides(corpus_file, data_cache, tmp_path / "bad",
+                                           **{"train.max_steps": 8, "train.max_bad_steps": 2}))
+    with pytest.raises(UserError, match="2 consecutive non-finite steps"):
+        train(cfg, poison_steps=[2, 3])
+
+
+def test_batch_arithmetic_is_checked_with_numbers():
+    cfg = load_config(None, ["train.batch_size=32", "train.micro_batch_size=6"])
+    with pytest.raises(UserError, match=r"train.batch_size \(32\) must equal train.micro_batch_size \(6\) .* "
+                                        r"world size \(2\); 32 is not divisible by 6 × 2 = 12"):
+        batch_plan(cfg.train, 2)
+    assert batch_plan(load_config(None, ["train.batch_size=32", "train.micro_batch_size=4"]).train, 2) == (4, 4)
+
+
+def test_lr_schedule_warms_up_then_decays_to_floor():
+    cfg = load_config(None, ["train.lr=1e-3", "train.warmup_steps=10", "train.max_steps=110",
+                             "train.min_lr_ratio=0.1"]).train
+    assert lr_at(0, cfg) == pytest.approx(1e-4)
+    assert lr_at(9, cfg) == pytest.approx(1e-3)
+    assert lr_at(60, cfg) == pytest.approx(0.55e-3)
+    assert lr_at(110, cfg) == pytest.approx(1e-4)
+
+
+def test_global_batch_is_a_pure_function_of_step(corpus_file, data_cache, tmp_path):
+    _, _, batch = _one_step_setup(corpus_file, data_cache, tmp_path)
+    _, _, again = _one_step_setup(corpus_file, data_cache, tmp_path)
+    for k in batch:
+        assert torch.equal(batch[k], again[k])
+
+
+@pytest.mark.parametrize("files, message", [
+    (["/nonexistent/corpus.txt"], "/nonexistent/corpus.txt"),
+    (["EMPTY"], "no usable text"),
+])
+def test_bad_data_is_one_line_and_nonzero(files, message, tmp_path):
+    if files == ["EMPTY"]:
+        empty = tmp_path / "empty.txt"
+        empty.write_text("\n\n   \n")
+        files = [str(empty)]
+    proc = _cli(["--config", "configs/base.yaml", f"output_dir={tmp_path / 'out'}",
+                 f"data.train_files=[{files[0]}]", "log.progress=false"])
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert message in proc.stderr.strip().splitlines()[-1]
+
+
+def test_torchrun_two_ranks_matches_single_process_and_resumes(reference_run, corpus_file, data_cache, tmp_path):
+    ref_out, _ = reference_run
+    out = tmp_path / "ddp"
+    args = tiny_overrides(corpus_file, data_cache, out, **{"train.max_steps": 10})
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           "-m", "mlm.train"]
+    # Same global batch (16) as the reference; each rank takes 8 rows. Stop at 10 steps, then resume to 20.
+    first = subprocess.run(cmd + args, capture_output=True, text=True, cwd=str(REPO), env=env, timeout=240)
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = subprocess.run(cmd + tiny_overrides(corpus_file, data_cache, out), capture_output=True, text=True,
+                            cwd=str(REPO), env=env, timeout=240)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resuming from" in second.stderr
+    ddp, ref = _train_losses(out), _train_losses(ref_out)
+    assert sorted(ddp) == sorted(ref)
+    # Same blocks and masks on every step; only the float reduction order differs.
+    for step in ref:
+        assert ddp[step] == pytest.approx(ref[step], abs=1e-4), step
