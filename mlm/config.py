@@ -74,9 +74,17 @@ class DataConfig:
     cache_dir: str = ""  # empty: <output_dir>/data
     num_proc: int = 0  # tokenizer threads; 0: all cores
     shard_blocks: int = 65536  # blocks per shard file
+    max_chunk_chars: int = 100_000  # longer lines/documents are read and tokenized in pieces of this size
+    max_record_chars: int = 64_000_000  # a JSON line longer than this is skipped (counted), never loaded
 
     def validate(self) -> None:
         _positive(self, "data", "vocab_size", "seq_len", "shard_blocks", "tokenizer_sample_bytes")
+        _positive(self, "data", "max_chunk_chars", "max_record_chars")
+        if self.max_chunk_chars < 1000:
+            raise ConfigError(f"data.max_chunk_chars must be at least 1000, got {self.max_chunk_chars}")
+        if self.min_chars > self.max_chunk_chars:
+            raise ConfigError(f"data.min_chars ({self.min_chars}) must not exceed "
+                              f"data.max_chunk_chars ({self.max_chunk_chars})")
         _choice(self, "data", "txt_documents", ("line", "paragraph"))
         _choice(self, "data", "tokenizer_type", ("wordpiece", "bpe", "unigram"))
         if not 0.0 <= self.validation_fraction < 1.0:
@@ -96,6 +104,9 @@ class CollateConfig:
     def validate(self) -> None:
         _choice(self, "collate", "strategy", ("token", "whole_word", "span", "weighted"))
         _unit(self, "collate", "mlm_probability", "mask_replace_prob", "random_replace_prob")
+        if self.exact_count and self.strategy not in ("token", "weighted"):
+            raise ConfigError(f"collate.exact_count=true works with strategy token or weighted, "
+                              f"not {self.strategy!r}")
         if self.mask_replace_prob + self.random_replace_prob > 1.0:
             raise ConfigError("collate.mask_replace_prob + collate.random_replace_prob must be at most 1, got "
                               f"{self.mask_replace_prob} + {self.random_replace_prob}")
