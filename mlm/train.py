@@ -179,7 +179,16 @@ class GlobalBatches:
     def get(self, step: int) -> dict[str, torch.Tensor]:
         blocks = self.dataset[self._indices(step)]  # (batch, seq)
         rng = np.random.default_rng([self.seed, step])
-        return self.collator(list(blocks), generator=rng)
+        return without_full_mask(self.collator(blocks, generator=rng))
+
+
+def without_full_mask(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop an all-ones attention_mask (packed blocks): the model then takes its dense path
+    without checking the mask on the device (a host sync and a graph break under compile)."""
+    mask = batch.get("attention_mask")
+    if mask is not None and bool(mask.all()):
+        batch = {k: v for k, v in batch.items() if k != "attention_mask"}
+    return batch
 
 
 def split_for_rank(batch: dict[str, torch.Tensor], rank: int, world: int, micro: int,
@@ -263,7 +272,7 @@ def evaluate(model: torch.nn.Module, dataset: BlockDataset, collator: MLMCollato
     count = torch.zeros((), dtype=torch.float64, device=rt.device)
     for b in range(rt.rank, n_batches, rt.world_size):
         idx = np.arange(b * batch_size, min(n, (b + 1) * batch_size))
-        batch = collator(list(dataset[idx]), generator=np.random.default_rng([seed, b]))
+        batch = without_full_mask(collator(dataset[idx], generator=np.random.default_rng([seed, b])))
         batch = {k: v.to(rt.device) for k, v in batch.items()}
         with rt.autocast():
             out = model(batch["input_ids"], attention_mask=batch.get("attention_mask"), labels=batch["labels"],
