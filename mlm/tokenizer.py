@@ -43,22 +43,25 @@ def token_id(tokenizer: Tokenizer, token: str) -> int:
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int, kind: str = "wordpiece",
-                    length: int | None = None) -> Tokenizer:
-    """Train a BERT-style tokenizer (BERT normalizer, [CLS] x [SEP] template) on `texts`."""
+                    length: int | None = None, show_progress: bool = False) -> Tokenizer:
+    """Train a BERT-style tokenizer (BERT normalizer, [CLS] x [SEP] template) on `texts`.
+
+    `show_progress` turns on the trainer's own progress bars (word counting, merges).
+    """
     if kind == "wordpiece":
         tok = Tokenizer(models.WordPiece(unk_token=UNK))
         trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
-                                            continuing_subword_prefix="##", show_progress=False)
+                                            continuing_subword_prefix="##", show_progress=show_progress)
         tok.decoder = decoders.WordPiece(prefix="##")
     elif kind == "bpe":
         tok = Tokenizer(models.BPE(unk_token=UNK, continuing_subword_prefix="##"))
         trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
-                                      continuing_subword_prefix="##", show_progress=False)
+                                      continuing_subword_prefix="##", show_progress=show_progress)
         tok.decoder = decoders.WordPiece(prefix="##")
     elif kind == "unigram":
         tok = Tokenizer(models.Unigram())
         trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
-                                          unk_token=UNK, show_progress=False)
+                                          unk_token=UNK, show_progress=show_progress)
         tok.decoder = decoders.Metaspace()
     else:
         raise UserError(f"data.tokenizer_type: unknown kind {kind!r}; choose one of {', '.join(TOKENIZER_KINDS)}")
