@@ -1,0 +1,480 @@
+"""A BERT-style encoder for masked-language-model pretraining, built for speed.
+
+Where the time goes, and what this file does about it:
+
+* The MLM head scores the whole vocabulary, yet only ~15% of positions carry a label.
+  With labels, the head (transform + tied decoder) runs only on the labelled positions
+  ("sparse prediction"); dense logits stay available for inference (no labels).
+* Padding is wasted work. When `attention_mask` has zeros, the real tokens are gathered
+  into a (n_tokens, hidden) matrix; embeddings, projections, feed-forward and norms run
+  there, and tokens are re-padded only around the attention kernel, which gets a key mask.
+  Packed pretraining batches (mask None or all ones) take a dense path with no mask.
+* One attention path, `F.scaled_dot_product_attention`: flash / memory-efficient kernels
+  on GPU, the fused CPU kernel on CPU.
+* Mixed precision: every op runs under `torch.autocast` (CPU bf16, CUDA bf16/fp16);
+  the cross-entropy is computed in fp32 (from bf16 logits, without an fp32 copy kept).
+
+Rows are picked with `x[index]`, not `index_select`: the latter's CPU backward
+(scatter_add) is ~6x slower than indexing's (index_put) at these sizes.
+
+Shapes in comments: b = batch, s = sequence, h = hidden, n = real (unpadded) tokens,
+m = masked (labelled) tokens, V = vocabulary, H = heads, D = head size.
+
+Saving: the decoder uses the word-embedding matrix directly (there is no second module
+holding it), so the state_dict has no shared tensors and its keys do not depend on the
+tying. `safetensors.torch.save_file(model.state_dict(), path)`, `save_model(model, path)`
+and `load_model(model, path)` all work as they are; keys never carry wrapper prefixes as
+long as the unwrapped model is saved (`torch.compile` / DDP add `_orig_mod.` / `module.`).
+
+torch.compile (CUDA): the only data-dependent shapes are the selections of real tokens
+(`nonzero` on the attention mask) and of labelled tokens (`nonzero` on labels != -100).
+With `torch._dynamo.config.capture_dynamic_output_shape_ops = True` they are traced into
+the graph as dynamic sizes; without it Dynamo breaks the graph at each `nonzero` and
+compiles the rest with a dynamic size (`dynamic=True`). Checking whether a given mask has
+padding at all (`mask.all()`) is a host sync and a graph break: pass `attention_mask=None`
+for packed batches.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mlm.config import ConfigError, ModelConfig
+
+IGNORE_INDEX = -100
+
+
+class MLMOutput(NamedTuple):
+    """What `MLMModel.forward` returns (a NamedTuple: traced by torch.compile, walked by DDP).
+
+    With labels: `loss` fp32 scalar, `logits` (m, V) at the labelled positions, `target` (m,).
+    Without labels: `logits` (b, s, V); `loss` and `target` are None. Logits are in the
+    compute dtype: fp32, or bf16 / fp16 under autocast.
+    Special-token logits are -inf everywhere, so their probability is exactly 0.
+    """
+    loss: Optional[Tensor]
+    logits: Tensor
+    target: Optional[Tensor]
+
+
+class TokenLayout:
+    """Where the real tokens of a batch are, so per-token layers can skip padding.
+
+    `index` (n,) holds the flat positions (row * s + col) of real tokens, or is None when
+    tokens stay in their (b, s) grid. `key_mask` (b, 1, 1, s) is True for keys that may be
+    attended to, or None when nothing is padded.
+    """
+
+    def __init__(self, batch: int, seq: int, index: Optional[Tensor] = None,
+                 key_mask: Optional[Tensor] = None):
+        self.batch, self.seq, self.index, self.key_mask = batch, seq, index, key_mask
+
+    def gather(self, x: Tensor) -> Tensor:
+        """(b, s, ...) -> (n, ...) real tokens only; identity when not unpadded."""
+        if self.index is None:
+            return x
+        return x.reshape(self.batch * self.seq, *x.shape[2:])[self.index]
+
+    def grid_rows(self, rows: Tensor) -> Tensor:
+        """Token rows (of the (b*s) or (n) token matrix) -> their rows in the (b*s) grid."""
+        return rows if self.index is None else self.index[rows]
+
+    def scatter(self, x: Tensor) -> Tensor:
+        """(n, d) -> (b, s, d), zeros at padding; identity when not unpadded."""
+        if self.index is None:
+            return x
+        out = x.new_zeros(self.batch * self.seq, x.shape[-1])
+        out = out.index_copy(0, self.index, x)
+        return out.view(self.batch, self.seq, x.shape[-1])
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotary position embedding (RoFormer), "rotate half" layout, angles precomputed.
+
+    The cos/sin tables are non-persistent buffers: derived from the config, never saved.
+    """
+
+    def __init__(self, head_size: int, max_seq_len: int, theta: float):
+        super().__init__()
+        inv_freq = 1.0 / theta ** (torch.arange(0, head_size, 2, dtype=torch.float64) / head_size)
+        angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float64), inv_freq)  # (max_s, D/2)
+        angles = torch.cat([angles, angles], dim=-1)  # (max_s, D)
+        self.register_buffer("cos", angles.cos().float(), persistent=False)
+        self.register_buffer("sin", angles.sin().float(), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:  # x: (b, H, s, D)
+        s = x.shape[-2]
+        cos, sin = self.cos[:s].to(x.dtype), self.sin[:s].to(x.dtype)  # (s, D)
+        x1, x2 = x.chunk(2, dim=-1)
+        rotated = torch.cat([-x2, x1], dim=-1)
+        return x * cos + rotated * sin
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Optional[Tensor], dropout_p: float) -> Tensor:
+    """The one attention kernel: `F.scaled_dot_product_attention` (flash / memory-efficient
+    on GPU, the fused kernel on CPU). q, k, v: (b, H, s, D); key_mask: (b, 1, 1, s) or None.
+
+    On CPU, bf16 inputs run the kernel in fp32: its bf16 backward is about twice as slow
+    as its fp32 one (measured on AVX-512 BF16, torch 2.13; the matmuls around it still
+    gain from bf16), and the casts cost far less than the difference.
+    """
+    if q.device.type == "cpu" and q.dtype == torch.bfloat16:
+        with torch.autocast("cpu", enabled=False):
+            o = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=key_mask,
+                                               dropout_p=dropout_p)
+        return o.to(q.dtype)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, dropout_p=dropout_p)
+
+
+class SelfAttention(nn.Module):
+    """Bidirectional multi-head attention: fused QKV projection, SDPA kernel, output projection.
+
+    With `queries` (rows of x), only those rows get a query, an output and an output
+    projection; keys and values still come from every token. The last layer uses this
+    when only the labelled tokens' final states are needed.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.num_heads = cfg.num_heads
+        self.head_size = cfg.hidden_size // cfg.num_heads
+        self.qkv = nn.Linear(cfg.hidden_size, 3 * cfg.hidden_size, bias=cfg.bias)
+        self.out = nn.Linear(cfg.hidden_size, cfg.hidden_size, bias=cfg.bias)
+        self.rotary = (RotaryEmbedding(self.head_size, cfg.max_seq_len, cfg.rope_theta)
+                       if cfg.position == "rotary" else None)
+        self.attention_dropout = cfg.attention_dropout
+
+    def forward(self, x: Tensor, layout: TokenLayout, queries: Optional[Tensor] = None) -> Tensor:
+        # x: (b, s, h), (b*s, h) or (n, h) token rows; queries: (m,) rows of x, or None for all
+        b, s, H, D = layout.batch, layout.seq, self.num_heads, self.head_size
+        h = H * D
+        if queries is None:
+            qkv = layout.scatter(self.qkv(x))  # (b, s, 3h) or (b*s, 3h): on the grid for attention
+            # unbind on the (b, s, 3, H, D) view: its backward stacks straight into the qkv layout
+            q, k, v = qkv.view(b, s, 3, H, D).unbind(2)  # (b, s, H, D) each
+        else:
+            w, bias = self.qkv.weight, self.qkv.bias  # rows: [q; k; v]
+            kv = layout.scatter(F.linear(x, w[h:], None if bias is None else bias[h:]))  # (b, s, 2h)
+            k, v = kv.view(b, s, 2, H, D).unbind(2)  # (b, s, H, D) each
+            q = F.linear(x[queries], w[:h], None if bias is None else bias[:h])  # (m, h)
+            grid_rows = layout.grid_rows(queries)  # (m,) positions in the (b*s) grid
+            q = q.new_zeros(b * s, h).index_copy(0, grid_rows, q).view(b, s, H, D)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (b, H, s, D)
+        if self.rotary is not None:
+            q, k = self.rotary(q), self.rotary(k)
+        p = self.attention_dropout if self.training else 0.0
+        o = attention(q, k, v, layout.key_mask, p)  # (b, H, s, D)
+        o = o.transpose(1, 2).reshape(b * s, h)  # (b*s, h) grid rows
+        if queries is not None:
+            o = o[grid_rows]  # (m, h)
+        elif layout.index is not None:
+            o = o[layout.index]  # (n, h)
+        else:
+            o = o.view(x.shape)  # (b, s, h) or (b*s, h)
+        return self.out(o)
+
+
+class FeedForward(nn.Module):
+    """GELU MLP (h -> f -> h), or GeGLU: GELU(x W) * (x V) -> h, with f = intermediate_size."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.gated = cfg.activation == "geglu"
+        width = 2 * cfg.intermediate_size if self.gated else cfg.intermediate_size
+        self.up = nn.Linear(cfg.hidden_size, width, bias=cfg.bias)
+        self.down = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.bias)
+
+    def forward(self, x: Tensor) -> Tensor:  # x: (..., h)
+        u = self.up(x)  # (..., f) or (..., 2f)
+        if self.gated:
+            a, g = u.chunk(2, dim=-1)
+            u = F.gelu(a) * g
+        else:
+            u = F.gelu(u)
+        return self.down(u)  # (..., h)
+
+
+class Block(nn.Module):
+    """One transformer layer. Pre-LN (default): x + f(norm(x)), stable without warmup tricks
+    and needing a final norm; post-LN (original BERT): norm(x + f(x))."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.pre_norm = cfg.norm == "pre"
+        self.attn_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps, bias=cfg.bias)
+        self.attn = SelfAttention(cfg)
+        self.ffn_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps, bias=cfg.bias)
+        self.ffn = FeedForward(cfg)
+        self.dropout = cfg.dropout
+
+    def _drop(self, x: Tensor) -> Tensor:
+        return F.dropout(x, self.dropout, training=True) if self.training and self.dropout > 0 else x
+
+    def forward(self, x: Tensor, layout: TokenLayout, keep: Optional[Tensor] = None) -> Tensor:
+        # x: (b, s, h) or (n, h); keep: (m,) token rows whose output is wanted, None for all
+        if keep is not None:
+            x = x.reshape(-1, x.shape[-1])  # (b*s, h) or (n, h)
+        if self.pre_norm:
+            a = self.attn(self.attn_norm(x), layout, keep)  # like x, or (m, h)
+            x = (x if keep is None else x[keep]) + self._drop(a)
+            return x + self._drop(self.ffn(self.ffn_norm(x)))
+        a = self.attn(x, layout, keep)
+        x = self.attn_norm((x if keep is None else x[keep]) + self._drop(a))
+        return self.ffn_norm(x + self._drop(self.ffn(x)))
+
+
+class Embeddings(nn.Module):
+    """Word (+ learned absolute position) embeddings, then LayerNorm and dropout."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.word = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.position = nn.Embedding(cfg.max_seq_len, cfg.hidden_size) if cfg.position == "learned" else None
+        self.norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps, bias=cfg.bias)
+        self.dropout = cfg.dropout
+
+    def forward(self, input_ids: Tensor, layout: TokenLayout) -> Tensor:
+        if layout.index is None:
+            x = self.word(input_ids)  # (b, s, h)
+            if self.position is not None:
+                x = x + self.position.weight[: layout.seq]  # (s, h) broadcast over the batch
+        else:
+            x = self.word(layout.gather(input_ids))  # (n, h)
+            if self.position is not None:
+                x = x + self.position(layout.index % layout.seq)  # column of each real token
+        x = self.norm(x)
+        return F.dropout(x, self.dropout, training=True) if self.training and self.dropout > 0 else x
+
+
+class MLMHead(nn.Module):
+    """Transform (dense, GELU, LayerNorm) then the decoder tied to the word embeddings.
+
+    The decoder weight is passed in, not stored, so the tied matrix exists once in the
+    state_dict. Special tokens get -inf through the decoder bias (a (V,) op folded into
+    the matmul, instead of a pass over the (tokens, V) logits); their softmax probability
+    and every gradient through them are exactly 0. Logits come back in the compute dtype
+    (bf16 under autocast); the loss upcasts them to fp32.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size, bias=cfg.bias)
+        self.norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps, bias=cfg.bias)
+        self.bias = nn.Parameter(torch.zeros(cfg.vocab_size)) if cfg.bias else None
+        special = torch.zeros(cfg.vocab_size, dtype=torch.bool)
+        special[list(cfg.special_token_ids)] = True
+        self.register_buffer("special", special, persistent=False)  # (V,)
+
+    def decoder_bias(self) -> Tensor:  # (V,): the learned bias with -inf at special ids
+        bias = self.bias if self.bias is not None else torch.zeros_like(self.special, dtype=torch.float32)
+        return bias.masked_fill(self.special, float("-inf"))
+
+    def forward(self, x: Tensor, decoder_weight: Tensor) -> Tensor:  # x: (..., h)
+        x = self.norm(F.gelu(self.dense(x)))
+        return F.linear(x, decoder_weight, self.decoder_bias())  # (..., V), bf16 under autocast
+
+    def mask_special(self, logits: Tensor) -> Tensor:
+        return logits.masked_fill(self.special, float("-inf"))
+
+
+class SummedCrossEntropy(torch.autograd.Function):
+    """sum(cross_entropy(logits.float(), target)) over rows whose target is not -100.
+
+    Same value and gradient as `F.cross_entropy(logits.float(), target, ignore_index=-100,
+    reduction="sum")`, computed in fp32, with less memory at the step's peak: it keeps
+    the logits in their own dtype (bf16 under autocast) and one fp32 log-sum-exp per row
+    for backward, not an fp32 log-softmax, and its backward builds one (m, V) fp32 buffer
+    where log_softmax + nll_loss build three.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, target: Tensor) -> Tensor:  # logits: (m, V), target: (m,)
+        x = logits.float()
+        lse = torch.logsumexp(x, dim=-1)  # (m,)
+        valid = target != IGNORE_INDEX
+        index = torch.where(valid, target, torch.zeros_like(target))  # (m,)
+        picked = x.gather(1, index[:, None]).squeeze(1)  # (m,)
+        ctx.save_for_backward(logits, index, lse, valid)
+        return torch.where(valid, lse - picked, torch.zeros_like(lse)).sum()  # not 0 * inf on filler rows
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        logits, index, lse, valid = ctx.saved_tensors
+        probs = (logits.float() - lse[:, None]).exp_()  # (m, V) softmax
+        probs.scatter_add_(1, index[:, None], -torch.ones_like(lse)[:, None])  # minus the one-hot target
+        probs.mul_((grad * valid)[:, None])
+        return probs.to(logits.dtype), None
+
+
+CPU_ROW_BUCKET = 64
+
+
+def _round_up_rows(picked: Tensor, predict: Tensor) -> Tensor:
+    """`picked` (m,) extended with distinct unpicked rows to a multiple of CPU_ROW_BUCKET.
+
+    Why: on CPU every step allocating (m, V) tensors of a new size m makes glibc's heap
+    fragment; resident memory then grows step after step (measured: +900 MB over 60
+    steps of the benchmark model). A handful of sizes are reused instead. The filler rows
+    carry label -100, so they add nothing to the loss or the gradients. (CUDA's caching
+    allocator copes with varying sizes, so it is not done there.)
+    """
+    m, total = picked.shape[0], predict.shape[0]
+    size = min(total, -(-m // CPU_ROW_BUCKET) * CPU_ROW_BUCKET)
+    if size == m:
+        return picked
+    filler = (~predict).nonzero().squeeze(1)[: size - m]
+    return torch.cat([picked, filler])
+
+
+class MLMModel(nn.Module):
+    """BERT-style masked language model: embeddings, `layers`, final norm, sparse MLM head.
+
+    forward(input_ids (b, s), attention_mask (b, s) or None, labels (b, s) or None,
+    reduction "mean" | "sum") -> MLMOutput. Labels of -100 are not predicted; labels on
+    padding positions (attention_mask 0) are ignored. With no labelled token, "mean" is 0.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        cfg.validate()
+        if cfg.vocab_size <= 0:
+            raise ConfigError(f"model.vocab_size must be positive, got {cfg.vocab_size} "
+                              "(set it, or let the trainer take it from the tokenizer)")
+        bad = [i for i in cfg.special_token_ids if not 0 <= i < cfg.vocab_size]
+        if bad:
+            raise ConfigError(f"model.special_token_ids {bad} are outside the vocabulary (size {cfg.vocab_size})")
+        self.cfg = cfg
+        self.embeddings = Embeddings(cfg)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
+        # Pre-LN leaves the residual stream unnormalized; post-LN blocks end in a norm already.
+        self.final_norm = (nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps, bias=cfg.bias)
+                           if cfg.norm == "pre" else nn.Identity())
+        self.head = MLMHead(cfg)
+        self.unpad = True  # False: padded batches run on the (b, s) grid with a key mask (for tests)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Normal(0, init_std) weights, zero biases, unit norms; the projections that write
+        into the residual stream (attention out, FFN down) get std / sqrt(2 * layers) so the
+        stream's variance does not grow with depth (GPT-2 / Megatron scaled init)."""
+        std = self.cfg.init_std
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, 0.0, std)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+            if isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        residual_std = std / math.sqrt(2 * self.cfg.num_layers)
+        for block in self.layers:
+            nn.init.normal_(block.attn.out.weight, 0.0, residual_std)
+            nn.init.normal_(block.ffn.down.weight, 0.0, residual_std)
+        if self.head.bias is not None:
+            nn.init.zeros_(self.head.bias)
+
+    # ------------------------------------------------------------ forward
+
+    def _check(self, input_ids: Tensor, attention_mask: Optional[Tensor], labels: Optional[Tensor]) -> None:
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be (batch, seq), got shape {tuple(input_ids.shape)}")
+        if input_ids.shape[1] > self.cfg.max_seq_len:
+            raise ValueError(f"sequence length {input_ids.shape[1]} exceeds model.max_seq_len "
+                             f"({self.cfg.max_seq_len}); shorten the blocks (data.seq_len) or raise max_seq_len")
+        if input_ids.shape[1] == 0:
+            raise ValueError("input_ids has sequence length 0")
+        for name, t in (("attention_mask", attention_mask), ("labels", labels)):
+            if t is not None and t.shape != input_ids.shape:
+                raise ValueError(f"{name} shape {tuple(t.shape)} does not match input_ids shape "
+                                 f"{tuple(input_ids.shape)}")
+
+    def _layout(self, input_ids: Tensor, attention_mask: Optional[Tensor]) -> TokenLayout:
+        b, s = input_ids.shape
+        if attention_mask is None:
+            return TokenLayout(b, s)
+        real = attention_mask != 0  # (b, s)
+        if bool(real.all()):  # packed / unpadded batch: dense fast path, no mask
+            return TokenLayout(b, s)
+        # A row with no real token would leave its queries nothing to attend to (NaN); let it
+        # see every key instead: its outputs are padding and are dropped or ignored anyway.
+        key_mask = (real | ~real.any(dim=1, keepdim=True))[:, None, None, :]  # (b, 1, 1, s)
+        index = real.reshape(-1).nonzero().squeeze(1) if self.unpad else None  # (n,)
+        return TokenLayout(b, s, index, key_mask)
+
+    def _encode(self, input_ids: Tensor, layout: TokenLayout, keep: Optional[Tensor] = None) -> Tensor:
+        """Final states of all tokens, (b, s, h) or (n, h); with `keep` (m,) token rows, of those
+        rows only (m, h): the last layer then computes queries, attention outputs and its
+        feed-forward only for them (~70% of that layer's work saved at 15% masking)."""
+        x = self.embeddings(input_ids, layout)  # (b, s, h) or (n, h)
+        last = len(self.layers) - 1
+        for i, block in enumerate(self.layers):
+            x = block(x, layout, keep if i == last else None)
+        return self.final_norm(x)
+
+    def encode(self, input_ids: Tensor, attention_mask: Optional[Tensor] = None) -> Tensor:
+        """Final hidden states (b, s, h) after the final norm; zeros at padding positions
+        when the batch was unpadded."""
+        self._check(input_ids, attention_mask, None)
+        layout = self._layout(input_ids, attention_mask)
+        return layout.scatter(self._encode(input_ids, layout))
+
+    def forward(self, input_ids: Tensor, attention_mask: Optional[Tensor] = None,
+                labels: Optional[Tensor] = None, reduction: str = "mean") -> MLMOutput:
+        self._check(input_ids, attention_mask, labels)
+        if reduction not in ("mean", "sum"):
+            raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+        layout = self._layout(input_ids, attention_mask)
+        decoder_weight = self.embeddings.word.weight  # (V, h), tied
+        if labels is None:
+            # Dense logits for inference; padding positions get logits 0 (special ids -inf).
+            x = self._encode(input_ids, layout)  # (b, s, h) or (n, h)
+            if layout.index is None:
+                return MLMOutput(None, self.head(x, decoder_weight), None)  # (b, s, V)
+            logits = layout.scatter(self.head(x, decoder_weight))  # (b, s, V)
+            return MLMOutput(None, self.head.mask_special(logits), None)
+        # Sparse prediction: the last layer's outputs and the head only for labelled tokens.
+        flat_labels = layout.gather(labels).reshape(-1)  # (b*s,) or (n,)
+        predict = flat_labels != IGNORE_INDEX
+        picked = predict.nonzero().squeeze(1)  # (m,) token rows
+        m = picked.shape[0]
+        if picked.device.type == "cpu":
+            picked = _round_up_rows(picked, predict)  # (m',) m' >= m; the filler rows are unlabelled
+        target = flat_labels[picked]  # (m',)
+        hidden = self._encode(input_ids, layout, keep=picked)  # (m', h)
+        logits = self.head(hidden, decoder_weight)  # (m', V)
+        loss = SummedCrossEntropy.apply(logits, target)  # fp32; filler rows add 0
+        if reduction == "mean":
+            loss = loss / predict.sum().clamp(min=1)
+        return MLMOutput(loss, logits[:m], target[:m])
+
+    # ------------------------------------------------------------ accounting
+
+    def num_parameters(self, exclude_embeddings: bool = False) -> int:
+        """Unique parameters (the tied decoder is the word embedding, counted once)."""
+        total = sum(p.numel() for p in self.parameters())
+        if exclude_embeddings:
+            total -= self.embeddings.word.weight.numel()
+            if self.embeddings.position is not None:
+                total -= self.embeddings.position.weight.numel()
+        return total
+
+    def flops_per_token(self, seq_len: int, masked_fraction: float = 0.15) -> float:
+        """Training FLOPs per input token (forward + backward = 3 x forward), for MFU.
+
+        6 x (matmul weights every token passes through: QKV, attention out, FFN) plus the
+        attention scores and weighted sum, 12 * layers * hidden * seq_len, plus the head
+        (transform + decoder, 6 * (h^2 + h*V)) for the `masked_fraction` of tokens it really
+        runs on (sparse prediction; pass 1.0 to count a dense head). Embedding lookups,
+        norms and activations are not counted (the usual 6N convention).
+        """
+        h, V, L = self.cfg.hidden_size, self.cfg.vocab_size, self.cfg.num_layers
+        per_token_matmul = sum(m.weight.numel() for m in self.layers.modules() if isinstance(m, nn.Linear))
+        head_matmul = h * h + h * V
+        attention = 12 * L * h * seq_len
+        return float(6 * per_token_matmul + attention + 6 * masked_fraction * head_matmul)

@@ -1,0 +1,290 @@
+"""MLMModel: sparse vs dense head, unpadding, special ids, loss, precision, saving, errors."""
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mlm.config import ConfigError, ModelConfig
+from mlm.model import MLMModel, MLMOutput
+
+SPECIAL = [0, 1, 2, 3, 4]
+VOCAB = 64
+
+
+def make_cfg(**overrides) -> ModelConfig:
+    base = dict(vocab_size=VOCAB, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64,
+                max_seq_len=16, special_token_ids=list(SPECIAL), layer_norm_eps=1e-12)
+    base.update(overrides)
+    return ModelConfig(**base)
+
+
+def make_model(seed: int = 0, **overrides) -> MLMModel:
+    torch.manual_seed(seed)
+    return MLMModel(make_cfg(**overrides)).eval()
+
+
+def make_batch(batch: int = 3, seq: int = 12, seed: int = 1, lengths: list[int] | None = None):
+    """Random non-special ids, ~30% labelled positions (at least one per row); optional right padding."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(len(SPECIAL), VOCAB, (batch, seq), generator=g)
+    mask = torch.ones(batch, seq, dtype=torch.long)
+    if lengths is not None:
+        for row, n in enumerate(lengths):
+            mask[row, n:] = 0
+            ids[row, n:] = 0  # the pad id
+    pick = (torch.rand(batch, seq, generator=g) < 0.3) & (mask == 1)
+    pick[:, 0] = mask[:, 0] == 1
+    labels = torch.where(pick, ids, torch.full_like(ids, -100))
+    return ids, mask, labels
+
+
+VARIANTS = [dict(norm=n, position=p, activation=a)
+            for n, p, a in itertools.product(("pre", "post"), ("learned", "rotary"), ("gelu", "geglu"))]
+
+
+def variant_id(v: dict) -> str:
+    return "-".join(v.values())
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=variant_id)
+def test_sparse_logits_match_dense_at_masked_positions(variant):
+    model = make_model(**variant)
+    ids, _, labels = make_batch()
+    with torch.no_grad():
+        sparse = model(ids, labels=labels)
+        dense = model(ids)
+    where = labels != -100
+    assert isinstance(sparse, MLMOutput)
+    assert sparse.logits.shape == (int(where.sum()), VOCAB)
+    assert dense.logits.shape == (*ids.shape, VOCAB) and dense.loss is None and dense.target is None
+    torch.testing.assert_close(sparse.logits, dense.logits[where], rtol=0, atol=1e-5)
+    assert torch.equal(sparse.target, labels[where])
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=variant_id)
+def test_unpadded_matches_padded_and_unbatched(variant):
+    model = make_model(**variant)
+    lengths = [12, 7, 3]
+    ids, mask, labels = make_batch(lengths=lengths)
+    real = mask.bool()
+    with torch.no_grad():
+        unpadded_h = model.encode(ids, mask)
+        unpadded = model(ids, mask, labels=labels)
+        unpadded_dense = model(ids, mask)
+        model.unpad = False  # same padded batch on the (b, s) grid with a key mask
+        padded_h = model.encode(ids, mask)
+        padded = model(ids, mask, labels=labels)
+        padded_dense = model(ids, mask)
+        model.unpad = True
+        alone = [model.encode(ids[i:i + 1, :n]) for i, n in enumerate(lengths)]  # no padding at all
+    torch.testing.assert_close(unpadded_h[real], padded_h[real], rtol=0, atol=1e-5)
+    for i, n in enumerate(lengths):
+        torch.testing.assert_close(unpadded_h[i, :n], alone[i][0], rtol=0, atol=1e-5)
+    assert torch.all(unpadded_h[~real] == 0)
+    torch.testing.assert_close(unpadded.logits, padded.logits, rtol=0, atol=1e-5)
+    torch.testing.assert_close(unpadded.loss, padded.loss, rtol=0, atol=1e-5)
+    torch.testing.assert_close(unpadded_dense.logits[real], padded_dense.logits[real], rtol=0, atol=1e-5)
+
+
+def test_padded_backward_matches_and_survives_an_empty_row():
+    ids, mask, labels = make_batch(lengths=[12, 5, 0])
+    grads = []
+    for unpad in (True, False):
+        model = make_model(position="rotary").train()
+        model.unpad = unpad
+        out = model(ids, mask, labels=labels)
+        out.loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+        assert torch.isfinite(out.loss)
+    for name in grads[0]:
+        assert torch.isfinite(grads[0][name]).all(), name
+        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_all_ones_mask_takes_the_dense_path():
+    model = make_model()
+    ids, mask, labels = make_batch()
+    with torch.no_grad():
+        a = model(ids, mask, labels=labels)
+        b = model(ids, None, labels=labels)
+    assert torch.equal(a.logits, b.logits) and torch.equal(a.loss, b.loss)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_special_token_logits_are_minus_inf_with_zero_probability(bias):
+    model = make_model(bias=bias)
+    ids, mask, labels = make_batch(lengths=[12, 9, 4])
+    with torch.no_grad():
+        outs = [model(ids, mask).logits.reshape(-1, VOCAB), model(ids, mask, labels=labels).logits,
+                model(ids).logits.reshape(-1, VOCAB)]
+    for logits in outs:
+        assert torch.all(logits[:, SPECIAL] == float("-inf"))
+        assert torch.isfinite(logits[:, len(SPECIAL):]).all()
+        probs = logits.softmax(-1)
+        assert torch.all(probs[:, SPECIAL] == 0)
+        torch.testing.assert_close(probs.sum(-1), torch.ones(len(probs)))
+
+
+def test_loss_is_cross_entropy_of_dense_logits_and_sum_is_mean_times_count():
+    model = make_model()
+    ids, _, labels = make_batch()
+    with torch.no_grad():
+        mean = model(ids, labels=labels)
+        total = model(ids, labels=labels, reduction="sum")
+        dense = model(ids).logits
+    where = labels != -100
+    expected = F.cross_entropy(dense[where], labels[where])
+    torch.testing.assert_close(mean.loss, expected, rtol=1e-6, atol=1e-6)
+    expected_ignore = F.cross_entropy(dense.reshape(-1, VOCAB), labels.reshape(-1), ignore_index=-100)
+    torch.testing.assert_close(mean.loss, expected_ignore, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(total.loss, mean.loss * int(where.sum()), rtol=1e-6, atol=1e-5)
+    assert mean.loss.dtype == torch.float32
+
+
+@pytest.mark.parametrize("fraction", [0.3, 1.0])
+def test_sparse_gradients_match_dense_loss_gradients(fraction):
+    """The sparse path (last layer and head on labelled rows, CPU filler rows) trains the same."""
+    ids, _, labels = make_batch()
+    if fraction == 1.0:
+        labels = ids.clone()
+    grads = []
+    for sparse in (True, False):
+        model = make_model().train()
+        if sparse:
+            loss = model(ids, labels=labels).loss
+        else:
+            logits = model(ids).logits
+            loss = F.cross_entropy(logits.reshape(-1, VOCAB), labels.reshape(-1), ignore_index=-100)
+        loss.backward()
+        grads.append({n: p.grad for n, p in model.named_parameters()})
+    for name, g in grads[0].items():
+        torch.testing.assert_close(g, grads[1][name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_no_labelled_token_gives_zero_mean_loss_and_finite_grad():
+    model = make_model().train()
+    ids, _, _ = make_batch()
+    out = model(ids, labels=torch.full_like(ids, -100))
+    assert out.logits.shape == (0, VOCAB) and out.loss.item() == 0.0
+    out.loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_bf16_autocast_on_cpu_runs_and_is_close_to_fp32():
+    model = make_model(position="rotary", activation="geglu")
+    ids, mask, labels = make_batch(lengths=[12, 8, 5])
+    with torch.no_grad():
+        ref = model(ids, mask, labels=labels)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model(ids, mask, labels=labels)
+            low_dense = model(ids, mask)
+    assert low.loss.dtype == torch.float32  # the loss is computed in fp32
+    assert low.logits.dtype == low_dense.logits.dtype == torch.bfloat16  # logits in the compute dtype
+    finite = torch.isfinite(ref.logits)
+    assert torch.equal(finite, torch.isfinite(low.logits))
+    torch.testing.assert_close(low.logits[finite].float(), ref.logits[finite], rtol=0, atol=0.05)
+    assert abs(low.loss.item() - ref.loss.item()) < 0.02 * ref.loss.item()
+    # and a backward pass under autocast produces finite fp32 gradients
+    model.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(ids, mask, labels=labels)
+    out.loss.backward()
+    for p in model.parameters():
+        assert p.grad is not None and p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all()
+
+
+@pytest.mark.parametrize("variant", [dict(), dict(norm="post", position="rotary", activation="geglu",
+                                                   bias=False, dropout=0.1, attention_dropout=0.1)],
+                         ids=["default", "post-rotary-geglu-nobias-dropout"])
+def test_a_few_optimizer_steps_reduce_the_loss(variant):
+    model = make_model(**variant).train()
+    ids, mask, labels = make_batch(lengths=[12, 10, 6])
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    torch.manual_seed(0)
+    losses = []
+    for _ in range(15):
+        loss = model(ids, mask, labels=labels).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_safetensors_round_trip(tmp_path):
+    from safetensors.torch import load_file, load_model, save_file, save_model
+
+    model = make_model(position="rotary")
+    ids, mask, labels = make_batch(lengths=[12, 6, 9])
+    with torch.no_grad():
+        ref = model(ids, mask, labels=labels)
+    keys = list(model.state_dict())
+    assert len(keys) == len(set(keys)) and not any(k.startswith(("module.", "_orig_mod.")) for k in keys)
+    assert not any("cos" in k or "sin" in k or "special" in k for k in keys)  # derived buffers are not saved
+
+    save_model(model, str(tmp_path / "a.safetensors"))
+    save_file(model.state_dict(), str(tmp_path / "b.safetensors"))
+    for path, loader in ((tmp_path / "a.safetensors", "load_model"), (tmp_path / "b.safetensors", "state_dict")):
+        fresh = make_model(seed=123, position="rotary")
+        if loader == "load_model":
+            missing, unexpected = load_model(fresh, str(path))
+            assert not missing and not unexpected
+        else:
+            fresh.load_state_dict(load_file(str(path)), strict=True)
+        # still tied after loading: the decoder is the embedding matrix itself
+        with torch.no_grad():
+            out = fresh(ids, mask, labels=labels)
+        assert torch.equal(out.logits, ref.logits) and torch.equal(out.loss, ref.loss)
+
+
+def test_encode_shape_and_counts():
+    cfg = make_cfg()
+    model = MLMModel(cfg)
+    ids, mask, _ = make_batch(lengths=[12, 4, 8])
+    h = model.encode(ids, mask)
+    assert h.shape == (3, 12, 32)
+    total = model.num_parameters()
+    assert total == sum(p.numel() for p in model.parameters())
+    assert model.num_parameters(exclude_embeddings=True) == total - VOCAB * 32 - cfg.max_seq_len * 32
+    L, hd, f, V, s = 2, 32, 64, VOCAB, 16
+    per_layer = 4 * hd * hd + 2 * hd * f
+    expected = 6 * L * per_layer + 12 * L * hd * s + 6 * 0.15 * (hd * hd + hd * V)
+    assert model.flops_per_token(s) == pytest.approx(expected)
+    assert model.flops_per_token(s, masked_fraction=1.0) > model.flops_per_token(s)
+
+
+def test_scaled_residual_init():
+    torch.manual_seed(0)
+    model = MLMModel(make_cfg(hidden_size=256, intermediate_size=1024, num_heads=4, num_layers=8))
+    std = 0.02 / math.sqrt(2 * 8)
+    for block in model.layers:
+        assert block.attn.out.weight.std().item() == pytest.approx(std, rel=0.05)
+        assert block.ffn.down.weight.std().item() == pytest.approx(std, rel=0.05)
+        assert block.attn.qkv.weight.std().item() == pytest.approx(0.02, rel=0.05)
+        assert torch.all(block.attn.qkv.bias == 0)
+
+
+def test_invalid_inputs_raise_clear_errors():
+    model = make_model()
+    too_long = torch.randint(5, VOCAB, (2, 17))
+    with pytest.raises(ValueError, match=r"sequence length 17 exceeds model.max_seq_len \(16\)"):
+        model(too_long)
+    with pytest.raises(ValueError, match="sequence length 17"):
+        model.encode(too_long)
+    ids = torch.randint(5, VOCAB, (2, 8))
+    with pytest.raises(ValueError, match=r"input_ids must be \(batch, seq\)"):
+        model(ids[0])
+    with pytest.raises(ValueError, match="labels shape"):
+        model(ids, labels=ids[:, :4])
+    with pytest.raises(ValueError, match="attention_mask shape"):
+        model(ids, attention_mask=torch.ones(2, 9))
+    with pytest.raises(ValueError, match="reduction"):
+        model(ids, labels=ids, reduction="none")
+    with pytest.raises(ConfigError, match="vocab_size"):
+        MLMModel(make_cfg(vocab_size=0))
+    with pytest.raises(ConfigError, match="special_token_ids"):
+        MLMModel(make_cfg(special_token_ids=[VOCAB]))
