@@ -16,7 +16,7 @@ The pass is streaming (memory does not grow with the corpus), resumable (an inte
 continues after its last checkpoint, verifying the finished shards by size and sha256) and
 cached (a re-run with the same sources, tokenizer and settings reuses the shards).
 Dirty input is repaired or skipped with a counted warning naming file and line; see
-`SKIP_REASONS` and `REPAIR_REASONS` and docs/data_readme_section.md for the policy.
+`SKIP_REASONS` and `REPAIR_REASONS` and the "Dirty input policy" section of README.md.
 
 `BlockDataset` reads the shards by random access (np.memmap); `epoch_permutation` is the
 deterministic per-epoch shuffle the trainer slices into global batches and ranks.
