@@ -456,38 +456,41 @@ def train(cfg: Config, poison_steps: Sequence[int] = ()) -> dict[str, Any]:
     random.seed(cfg.train.seed)
     np.random.seed(cfg.train.seed)
     model = MLMModel(model_cfg).to(rt.device)
-    optimizer = build_optimizer(model, cfg.train, rt.device)
     collator = build_collator(cfg, tokenizer)
     batches = GlobalBatches(prepared.train, collator, cfg.train.batch_size, cfg.train.seed)
     log = MetricsLog(out_dir / "metrics.jsonl", rt.is_main, cfg.log.tensorboard)
 
-    start_step, bad_in_a_row = 0, 0
+    start_step, bad_in_a_row, state = 0, 0, None
     resume_from = ckpt_io.latest_checkpoint(ckpt_root)
     if resume_from is not None:
         _check_resumable(ckpt_io.load_model_config(resume_from), model_cfg, resume_from)
         state = ckpt_io.load_trainer_state(resume_from)
-        unwrapped(model).load_state_dict(ckpt_io.load_model_weights(resume_from))
+        model.load_state_dict(ckpt_io.load_model_weights(resume_from))
+
+    # Wrap before building the optimizer: FSDP2 replaces parameters with sharded DTensors.
+    train_model: torch.nn.Module = model
+    if rt.distributed:
+        if cfg.train.fsdp:
+            from torch.distributed.fsdp import fully_shard
+            for block in model.layers:
+                fully_shard(block)
+            fully_shard(model)
+        else:
+            train_model = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[rt.local_rank] if rt.device.type == "cuda" else None)
+    optimizer = build_optimizer(model, cfg.train, rt.device)
+    scaler = torch.amp.GradScaler(rt.device.type) if rt.precision == "fp16" else None
+
+    if state is not None:
         load_full_optimizer_state(model, optimizer, state["optimizer"])
+        if scaler is not None and "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
         start_step = int(state["step"])
         bad_in_a_row = int(state.get("bad_in_a_row", 0))
         set_rng_state(state["rng"])
         log.truncate_after(start_step)
         if rt.is_main:
             print(f"resuming from {resume_from} at step {start_step}", file=sys.stderr)
-
-    scaler = torch.amp.GradScaler(rt.device.type) if rt.precision == "fp16" else None
-    if scaler is not None and resume_from is not None and "scaler" in state:
-        scaler.load_state_dict(state["scaler"])
-    train_model: torch.nn.Module = model
-    if rt.distributed:
-        if cfg.train.fsdp:
-            from torch.distributed.fsdp import fully_shard
-            for block in unwrapped(model).layers:
-                fully_shard(block)
-            fully_shard(model)
-        else:
-            train_model = torch.nn.parallel.DistributedDataParallel(
-                model, device_ids=[rt.local_rank] if rt.device.type == "cuda" else None)
     if cfg.train.compile:
         train_model = torch.compile(train_model, dynamic=True)
 

@@ -228,3 +228,19 @@ def test_torchrun_two_ranks_matches_single_process_and_resumes(reference_run, co
     # Same blocks and masks on every step; only the float reduction order differs.
     for step in ref:
         assert ddp[step] == pytest.approx(ref[step], abs=1e-4), step
+
+
+def test_torchrun_fsdp2_trains_like_single_process(reference_run, corpus_file, data_cache, tmp_path):
+    ref_out, _ = reference_run
+    out = tmp_path / "fsdp"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29534",
+           "-m", "mlm.train", *tiny_overrides(corpus_file, data_cache, out, **{"train.max_steps": 6,
+                                                                             "train.fsdp": True})]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=str(REPO), env=env, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    fsdp, ref = _train_losses(out), _train_losses(ref_out)
+    assert sorted(fsdp) == list(range(1, 7))
+    for step in fsdp:
+        assert fsdp[step] == pytest.approx(ref[step], abs=1e-4), step
+    assert ck.latest_checkpoint(out / "checkpoints").name == "step_6"
