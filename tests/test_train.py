@@ -244,3 +244,31 @@ def test_torchrun_fsdp2_trains_like_single_process(reference_run, corpus_file, d
     for step in fsdp:
         assert fsdp[step] == pytest.approx(ref[step], abs=1e-4), step
     assert ck.latest_checkpoint(out / "checkpoints").name == "step_6"
+
+
+def test_max_time_stops_cleanly_with_a_checkpoint(corpus_file, data_cache, tmp_path):
+    out = tmp_path / "timed"
+    cfg = load_config(None, tiny_overrides(corpus_file, data_cache, out, **{
+        "train.max_steps": 100000, "train.max_time": 1.0, "checkpoint.every": 0, "eval.every": 0}))
+    final = train(cfg)
+    assert final["stopped"] == "max_time"
+    assert 0 < final["step"] < 100000
+    assert ck.latest_checkpoint(out / "checkpoints").name == f"step_{final['step']}"
+
+
+def test_fp16_with_gradient_scaler_trains(corpus_file, data_cache, tmp_path):
+    out = tmp_path / "fp16"
+    cfg = load_config(None, tiny_overrides(corpus_file, data_cache, out, **{
+        "train.max_steps": 6, "train.precision": "fp16", "checkpoint.every": 3}))
+    final = train(cfg)
+    assert final["step"] == 6 and np.isfinite(final["train_loss"])
+    assert "scaler" in ck.load_trainer_state(ck.latest_checkpoint(out / "checkpoints"))
+
+
+def test_plot_draws_the_curves(reference_run, tmp_path):
+    pytest.importorskip("matplotlib")
+    from mlm.plot import main as plot_main
+    out, _ = reference_run
+    png = tmp_path / "curves.png"
+    assert plot_main([str(out), "--out", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
