@@ -106,9 +106,13 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("cos", angles.cos().float(), persistent=False)
         self.register_buffer("sin", angles.sin().float(), persistent=False)
 
-    def forward(self, x: Tensor) -> Tensor:  # x: (b, H, s, D)
-        s = x.shape[-2]
-        cos, sin = self.cos[:s].to(x.dtype), self.sin[:s].to(x.dtype)  # (s, D)
+    def forward(self, x: Tensor, positions: Optional[Tensor] = None) -> Tensor:
+        # x: (b, s, H, D) with positions None (0..s-1), or (m, H, D) with positions (m,)
+        if positions is None:
+            cos, sin = self.cos[: x.shape[-3]], self.sin[: x.shape[-3]]  # (s, D)
+        else:
+            cos, sin = self.cos[positions], self.sin[positions]  # (m, D)
+        cos, sin = cos[:, None].to(x.dtype), sin[:, None].to(x.dtype)  # broadcast over heads
         x1, x2 = x.chunk(2, dim=-1)
         rotated = torch.cat([-x2, x1], dim=-1)
         return x * cos + rotated * sin
@@ -150,32 +154,44 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: Tensor, layout: TokenLayout, queries: Optional[Tensor] = None) -> Tensor:
         # x: (b, s, h), (b*s, h) or (n, h) token rows; queries: (m,) rows of x, or None for all
+        if queries is not None:
+            return self._forward_queries(x, layout, queries)
         b, s, H, D = layout.batch, layout.seq, self.num_heads, self.head_size
-        h = H * D
-        if queries is None:
-            qkv = layout.scatter(self.qkv(x))  # (b, s, 3h) or (b*s, 3h): on the grid for attention
-            # unbind on the (b, s, 3, H, D) view: its backward stacks straight into the qkv layout
-            q, k, v = qkv.view(b, s, 3, H, D).unbind(2)  # (b, s, H, D) each
-        else:
-            w, bias = self.qkv.weight, self.qkv.bias  # rows: [q; k; v]
-            kv = layout.scatter(F.linear(x, w[h:], None if bias is None else bias[h:]))  # (b, s, 2h)
-            k, v = kv.view(b, s, 2, H, D).unbind(2)  # (b, s, H, D) each
-            q = F.linear(x[queries], w[:h], None if bias is None else bias[:h])  # (m, h)
-            grid_rows = layout.grid_rows(queries)  # (m,) positions in the (b*s) grid
-            q = q.new_zeros(b * s, h).index_copy(0, grid_rows, q).view(b, s, H, D)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (b, H, s, D)
+        qkv = layout.scatter(self.qkv(x))  # (b, s, 3h) or (b*s, 3h): on the grid for attention
+        # unbind on the (b, s, 3, H, D) view: its backward stacks straight into the qkv layout
+        q, k, v = qkv.view(b, s, 3, H, D).unbind(2)  # (b, s, H, D) each
         if self.rotary is not None:
             q, k = self.rotary(q), self.rotary(k)
-        p = self.attention_dropout if self.training else 0.0
-        o = attention(q, k, v, layout.key_mask, p)  # (b, H, s, D)
-        o = o.transpose(1, 2).reshape(b * s, h)  # (b*s, h) grid rows
-        if queries is not None:
-            o = o[grid_rows]  # (m, h)
-        elif layout.index is not None:
-            o = o[layout.index]  # (n, h)
-        else:
-            o = o.view(x.shape)  # (b, s, h) or (b*s, h)
+        o = self._attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), layout)  # (b, H, s, D)
+        o = o.transpose(1, 2).reshape(b * s, H * D)  # (b*s, h) grid rows
+        o = o[layout.index] if layout.index is not None else o.view(x.shape)  # like x
         return self.out(o)
+
+    def _forward_queries(self, x: Tensor, layout: TokenLayout, queries: Tensor) -> Tensor:
+        """Attention output of the `queries` rows only, (m, h). Keys and values come from every
+        token; each grid row's queries are packed into `width` slots (the most queries any
+        row has, ~20% of s at 15% masking), so scores are computed only for them."""
+        b, s, H, D = layout.batch, layout.seq, self.num_heads, self.head_size
+        h = H * D
+        w, bias = self.qkv.weight, self.qkv.bias  # rows: [q; k; v]
+        kv = layout.scatter(F.linear(x, w[h:], None if bias is None else bias[h:]))  # (b, s, 2h)
+        k, v = kv.view(b, s, 2, H, D).unbind(2)  # (b, s, H, D) each
+        q = F.linear(x[queries], w[:h], None if bias is None else bias[:h]).view(-1, H, D)  # (m, H, D)
+        grid = layout.grid_rows(queries)  # (m,) positions in the (b*s) grid, all distinct
+        row, col = grid // s, grid % s
+        if self.rotary is not None:
+            q, k = self.rotary(q, col), self.rotary(k)
+        chosen = torch.zeros(b * s, dtype=torch.int32, device=grid.device).index_fill_(0, grid, 1).view(b, s)
+        slot = (chosen.cumsum(1) - 1).view(-1)[grid]  # (m,) rank of each query within its row
+        # Under torch.compile the width stays s (no data-dependent size); eagerly it is read.
+        width = s if torch.compiler.is_compiling() else max(1, int(chosen.sum(1).max()))
+        packed = q.new_zeros(b, width, H, D)
+        packed[row, slot] = q  # (b, width, H, D)
+        o = self._attend(packed.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), layout)  # (b, H, width, D)
+        return self.out(o.transpose(1, 2)[row, slot].reshape(-1, h))  # (m, h)
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, layout: TokenLayout) -> Tensor:
+        return attention(q, k, v, layout.key_mask, self.attention_dropout if self.training else 0.0)
 
 
 class FeedForward(nn.Module):
@@ -319,8 +335,8 @@ def _round_up_rows(picked: Tensor, predict: Tensor) -> Tensor:
     Why: on CPU every step allocating (m, V) tensors of a new size m makes glibc's heap
     fragment; resident memory then grows step after step (measured: +900 MB over 60
     steps of the benchmark model). A handful of sizes are reused instead. The filler rows
-    carry label -100, so they add nothing to the loss or the gradients. (CUDA's caching
-    allocator copes with varying sizes, so it is not done there.)
+    carry label -100, so they add nothing to the loss or the gradients. Eager CPU only:
+    CUDA's caching allocator copes with varying sizes, and compiled code plans its buffers.
     """
     m, total = picked.shape[0], predict.shape[0]
     size = min(total, -(-m // CPU_ROW_BUCKET) * CPU_ROW_BUCKET)
@@ -443,7 +459,7 @@ class MLMModel(nn.Module):
         predict = flat_labels != IGNORE_INDEX
         picked = predict.nonzero().squeeze(1)  # (m,) token rows
         m = picked.shape[0]
-        if picked.device.type == "cpu":
+        if picked.device.type == "cpu" and not torch.compiler.is_compiling():
             picked = _round_up_rows(picked, predict)  # (m',) m' >= m; the filler rows are unlabelled
         target = flat_labels[picked]  # (m',)
         hidden = self._encode(input_ids, layout, keep=picked)  # (m', h)
