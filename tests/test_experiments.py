@@ -57,7 +57,7 @@ def test_special_token_bug(work, tmp_path):
 
 
 def test_probing(work, tmp_path):
-    r = run("probing", work, tmp_path, "--train-sentences", "16", "--test-sentences", "8")
+    r = run("probing", work, tmp_path, "--train-sentences", "16", "--dev-sentences", "8", "--test-sentences", "8")
     layers = r["by_layer"]["pretrained/intact"]
     assert len(layers) == r["config"]["model"]["num_layers"] + 1
     assert set(r["by_layer"]) == {"pretrained/intact", "pretrained/verb_masked", "random_init/intact",

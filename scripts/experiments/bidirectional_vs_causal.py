@@ -158,6 +158,8 @@ def score_items(mlm: MLMModel, causal: CausalLM, val: np.ndarray, rows: list[dic
 
 def main(argv=None) -> int:
     args = parse(argv)
+    if args.replot:
+        return common.replot(args.out, NAME + args.suffix, draw)
     t_start = time.monotonic()
     cfg = common.build_config(args)
     common.seed_everything(args.seed)

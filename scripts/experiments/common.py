@@ -103,6 +103,8 @@ def make_parser(name: str, description: str) -> argparse.ArgumentParser:
     parser.add_argument("--tiny", action="store_true", help="smoke-test size (seconds; the numbers mean nothing)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    parser.add_argument("--replot", action="store_true",
+                        help="only redraw <name>.png from an existing <name>.json in --out (no computation)")
     parser.add_argument("--suffix", default="", help="appended to the output names: <name><suffix>.json/.png")
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides of the run config, e.g. train.max_steps=2000")
     return parser
@@ -322,6 +324,13 @@ def write_plot(out_dir: str | Path, name: str, draw: Callable[[Any], Any]) -> Pa
     plt.close(fig)
     log(f"wrote {path}")
     return path
+
+
+def replot(out_dir: str | Path, name: str, draw: Callable[[Any, dict], Any]) -> int:
+    """Redraw <name>.png from <name>.json (e.g. after changing the figure code)."""
+    result = json.loads((Path(out_dir) / f"{name}.json").read_text(encoding="utf-8"))
+    write_plot(out_dir, name, lambda plt: draw(plt, result))
+    return 0
 
 
 def command_line(name: str, argv: Sequence[str] | None) -> str:

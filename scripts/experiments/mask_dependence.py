@@ -114,6 +114,8 @@ def measure(model, blocks: np.ndarray, pairs: np.ndarray, mask_id: int, device, 
 
 def main(argv=None) -> int:
     args = parse(argv)
+    if args.replot:
+        return common.replot(args.out, NAME + args.suffix, draw)
     t_start = time.monotonic()
     cfg = common.build_config(args)
     common.seed_everything(args.seed)
@@ -178,7 +180,7 @@ def draw(plt, r):
     ax[1].legend(fontsize=8)
     ax[2].plot(d, [x["kl_oracle"] for x in rows], "o-", label="KL(p(·|c,x_i) || p(·|c))")
     ax[2].plot(d, [x["changed_oracle"] for x in rows], "s-", label="argmax changed (true fill)")
-    ax[2].set(title="how much revealing the other token moves the prediction", xlabel="distance", xscale="log")
+    ax[2].set(title="effect of revealing x_i on the prediction at j", xlabel="distance", xscale="log")
     ax[2].legend(fontsize=8)
     for a in ax:
         a.set_xticks(d, [str(v) for v in d])

@@ -122,6 +122,8 @@ def finetune_one(init: str, task: Path, out: Path, epochs: int, seed: int, threa
 
 def main(argv=None) -> int:
     args = parse(argv)
+    if args.replot:
+        return common.replot(args.out, NAME + args.suffix, draw)
     t_start = time.monotonic()
     K = args.maskings or (4 if args.tiny else 16)
     B = args.variance_blocks or (8 if args.tiny else 32)
@@ -166,7 +168,10 @@ def main(argv=None) -> int:
             "train.warmup_steps": min(cfg.train.warmup_steps, max(1, steps // 10)),
             "eval.every": 0, "checkpoint.every": 0})
         common.log(f"(b) alpha={alpha:.2f}: {steps} steps from scratch")
+        run_dir = work / f"{NAME}-a{alpha:g}-{common.config_hash(run_cfg)}"
+        reused = (run_dir / "pretrain_seconds.txt").is_file()
         run_ckpt = common.pretrained_checkpoint(run_cfg, work, tag=f"{NAME}-a{alpha:g}")
+        trained_s = float((run_dir / "pretrain_seconds.txt").read_text()) if (run_dir / "pretrain_seconds.txt").is_file() else None
         m, _ = load_pretrained(run_ckpt, rt.device)
         evals = {}
         for eval_alpha in args.alphas:
@@ -174,7 +179,8 @@ def main(argv=None) -> int:
             e = evaluate(m, data.validation, col, rt, cfg.eval.batch_size, cfg.eval.batches, cfg.eval.seed)
             evals[f"{eval_alpha:g}"] = {"loss": e["eval_loss"], "accuracy": e["eval_accuracy"]}
         final = common.pretrain_metrics(run_ckpt)
-        runs.append({"alpha": alpha, "steps": steps, "train_flops": steps * cfg.train.batch_size *
+        runs.append({"alpha": alpha, "steps": steps, "reused_cached_run": reused, "pretraining_seconds": trained_s,
+                     "train_flops": steps * cfg.train.batch_size *
                      cfg.data.seq_len * fpt[alpha], "checkpoint": str(run_ckpt),
                      "final_train_loss": final.get("train_loss"), "eval_own_alpha": evals[f"{alpha:g}"],
                      "eval_at_0.15": evals["0.15"] if "0.15" in evals else None, "eval_matrix": evals})
@@ -196,10 +202,14 @@ def main(argv=None) -> int:
                                    1 if args.tiny else args.ft_epochs, args.seed, args.threads)
                 results.append({"alpha": r["alpha"], **res})
                 common.log(f"    test accuracy {res['test_accuracy']:.4f}")
+            shared = finetune_one(str(ckpt), task, work / f"{NAME}-ft" / "shared", 1 if args.tiny else args.ft_epochs,
+                                  args.seed, args.threads)
+            common.log(f"    shared {cfg.train.max_steps}-step checkpoint: test accuracy {shared['test_accuracy']:.4f}")
             scratch = finetune_one("scratch", task, work / f"{NAME}-ft" / "scratch", 1 if args.tiny else args.ft_epochs,
                                    args.seed, args.threads, extra=[f"architecture_from={runs[0]['checkpoint']}"])
             downstream = {"done": True, "task": "stdlib docstring topic (7 labels)", "epochs": args.ft_epochs,
-                          "per_alpha": results, "scratch_baseline": scratch}
+                          "per_alpha": results, "scratch_baseline": scratch,
+                          "shared_checkpoint": {"pretraining_steps": cfg.train.max_steps, "alpha": 0.15, **shared}}
         except Exception as err:  # the fine-tuning command belongs to another module; report, don't die
             downstream = {"done": False, "error": f"{type(err).__name__}: {err}"}
             common.log(f"fine-tuning not done: {downstream['error']}")
@@ -252,6 +262,9 @@ def draw(plt, r):
         ax[2].plot([x["alpha"] for x in d["per_alpha"]], [x["test_accuracy"] for x in d["per_alpha"]], "o-",
                    label="fine-tuned from α model")
         ax[2].axhline(d["scratch_baseline"]["test_accuracy"], color="gray", ls="--", label="random-init baseline")
+        if "shared_checkpoint" in d:
+            ax[2].axhline(d["shared_checkpoint"]["test_accuracy"], color="C2", ls="-.",
+                          label=f"shared checkpoint ({d['shared_checkpoint']['pretraining_steps']} steps, α=0.15)")
         ax[2].axhline(d["per_alpha"][0]["majority_baseline_test_accuracy"], color="k", ls=":", label="majority class")
         ax[2].set(title="(b) downstream test accuracy (topic task)", xlabel="training mask ratio α", xscale="log",
                   ylabel="accuracy")

@@ -16,7 +16,9 @@ structure. Nouns are split into disjoint train/test sets, so the probe cannot me
 noun tends to be which role. Only words that are a single token for the checkpoint's tokenizer
 are used. Features: the noun token's hidden state after the embeddings (layer 0, includes the
 position embedding) and after each encoder layer; the probe is L2-regularised logistic
-regression (`mlm.probe.fit_logistic_regression`), the encoder is frozen. Then the same
+regression (`mlm.probe.fit_logistic_regression`), its penalty chosen per layer from
+`mlm.probe.L2_GRID` on a dev set of sentences built from a third, disjoint set of nouns (nouns
+split 50/20/30 into train/dev/test); the encoder is frozen. Then the same
 sentences are probed with the verb replaced by [MASK]. Control: the same architecture with
 random weights.
 """
@@ -33,7 +35,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from mlm.checkpoint import load_pretrained  # noqa: E402
-from mlm.probe import fit_logistic_regression  # noqa: E402
+from mlm.probe import L2_GRID, fit_logistic_regression  # noqa: E402
 from mlm.tokenizer import CLS, MASK, SEP  # noqa: E402
 from mlm.train import setup_runtime  # noqa: E402
 
@@ -70,7 +72,8 @@ def parse(argv):
     p = common.make_parser(NAME, __doc__)
     p.add_argument("--train-sentences", type=int, default=None, help="default 800; tiny 40")
     p.add_argument("--test-sentences", type=int, default=None, help="default 400; tiny 20")
-    p.add_argument("--l2", type=float, default=1e-2)
+    p.add_argument("--dev-sentences", type=int, default=None, help="default 300; tiny 12")
+    p.add_argument("--l2", type=float, default=None, help="fixed L2 penalty (default: chosen on dev per layer)")
     return p.parse_args(argv)
 
 
@@ -139,24 +142,34 @@ def layer_features(model, items, mask_verb: bool, mask_id: int, device) -> tuple
     return torch.cat(feats, 1).numpy(), np.asarray(labels), kinds
 
 
-def probe(train, test, l2: float) -> list[dict]:
-    (xtr, ytr, _), (xte, yte, kte) = train, test
+def probe(train, dev, test, l2: float | None) -> list[dict]:
+    (xtr, ytr, _), (xdv, ydv, _), (xte, yte, kte) = train, dev, test
     out = []
     for layer in range(xtr.shape[0]):
-        clf = fit_logistic_regression(torch.from_numpy(xtr[layer]), ytr.tolist(), 2, l2)
-        pred = np.asarray(clf.predict(torch.from_numpy(xte[layer])))
-        right = pred == yte
-        out.append({"layer": layer, "train_accuracy": float(np.mean(np.asarray(clf.predict(
-            torch.from_numpy(xtr[layer]))) == ytr)), "test_accuracy": float(right.mean()),
-            "test_accuracy_by_template": {k: float(right[np.asarray(kte) == k].mean()) for k in TEMPLATES}})
+        def fit(value):
+            return fit_logistic_regression(torch.from_numpy(xtr[layer]), ytr.tolist(), 2, value)
+
+        def accuracy(clf, x, y):
+            return np.asarray(clf.predict(torch.from_numpy(x[layer]))) == y
+
+        grid = [l2] if l2 is not None else list(L2_GRID)
+        scored = [(float(accuracy(c, xdv, ydv).mean()), value, c) for value in grid for c in [fit(value)]]
+        dev_acc, chosen, clf = max(scored, key=lambda t: (t[0], t[1]))  # ties: the stronger penalty
+        right = accuracy(clf, xte, yte)
+        out.append({"layer": layer, "l2": chosen, "train_accuracy": float(accuracy(clf, xtr, ytr).mean()),
+                    "dev_accuracy": dev_acc, "test_accuracy": float(right.mean()),
+                    "test_accuracy_by_template": {k: float(right[np.asarray(kte) == k].mean()) for k in TEMPLATES}})
     return out
 
 
 def main(argv=None) -> int:
     args = parse(argv)
+    if args.replot:
+        return common.replot(args.out, NAME + args.suffix, draw)
     t_start = time.monotonic()
     n_train = args.train_sentences or (40 if args.tiny else 800)
     n_test = args.test_sentences or (20 if args.tiny else 400)
+    n_dev = args.dev_sentences or (12 if args.tiny else 300)
     cfg = common.build_config(args)
     common.seed_everything(args.seed)
     rt = setup_runtime(cfg.train)
@@ -172,12 +185,14 @@ def main(argv=None) -> int:
         nouns, verbs = list(dict.fromkeys(NOUNS)), list(dict.fromkeys(VERBS))
     rng = np.random.default_rng(args.seed)
     perm = rng.permutation(len(nouns))
-    half = len(nouns) // 2
-    train_nouns, test_nouns = [nouns[i] for i in perm[:half]], [nouns[i] for i in perm[half:]]
+    a, b = int(round(0.5 * len(nouns))), int(round(0.7 * len(nouns)))
+    train_nouns, dev_nouns, test_nouns = ([nouns[i] for i in perm[:a]], [nouns[i] for i in perm[a:b]],
+                                          [nouns[i] for i in perm[b:]])
     train_items = make_sentences(tok, n_train, train_nouns, verbs, rng)
+    dev_items = make_sentences(tok, n_dev, dev_nouns, verbs, rng)
     test_items = make_sentences(tok, n_test, test_nouns, verbs, rng)
-    common.log(f"{len(nouns)} single-token nouns ({len(train_nouns)} train / {len(test_nouns)} test), "
-               f"{len(verbs)} verbs; {n_train} train and {n_test} test sentences")
+    common.log(f"{len(nouns)} single-token nouns ({len(train_nouns)} train / {len(dev_nouns)} dev / "
+               f"{len(test_nouns)} test), {len(verbs)} verbs; {n_train} / {n_dev} / {n_test} sentences")
 
     random_model, _ = load_pretrained(ckpt, rt.device)
     torch.manual_seed(args.seed)
@@ -186,8 +201,9 @@ def main(argv=None) -> int:
     for mname, m in (("pretrained", model), ("random_init", random_model)):
         for cond, mask_verb in (("intact", False), ("verb_masked", True)):
             tr = layer_features(m, train_items, mask_verb, mask_id, rt.device)
+            dv = layer_features(m, dev_items, mask_verb, mask_id, rt.device)
             te = layer_features(m, test_items, mask_verb, mask_id, rt.device)
-            results[f"{mname}/{cond}"] = probe(tr, te, args.l2)
+            results[f"{mname}/{cond}"] = probe(tr, dv, te, args.l2)
             accs = [f"{r['test_accuracy']:.3f}" for r in results[f"{mname}/{cond}"]]
             common.log(f"{mname:11s} {cond:11s} test accuracy by layer (0 = embeddings): {' '.join(accs)}")
     timings["probing"] = time.monotonic() - t0
@@ -213,12 +229,12 @@ def main(argv=None) -> int:
         "experiment": NAME, "command": common.command_line(NAME, argv), "tiny": args.tiny, "seed": args.seed,
         "config": common.describe_config(cfg), "environment": common.environment(rt), "checkpoint": str(ckpt),
         "property": "semantic role of a noun token: agent (1) vs patient (0)",
-        "templates": TEMPLATES, "nouns": {"train": train_nouns, "test": test_nouns},
-        "verbs": [v for v, _ in verbs], "l2": args.l2,
+        "templates": TEMPLATES, "nouns": {"train": train_nouns, "dev": dev_nouns, "test": test_nouns},
+        "verbs": [v for v, _ in verbs], "l2": args.l2 if args.l2 is not None else f"chosen on dev from {list(L2_GRID)}",
         "example": {"tokens": [tok.id_to_token(i) for i in example["ids"]], **{k: example[k] for k in
                                                                                 ("agent", "patient", "verb")}},
-        "sizes": {"train_sentences": n_train, "test_sentences": n_test, "train_tokens": 2 * n_train,
-                  "test_tokens": 2 * n_test},
+        "sizes": {"train_sentences": n_train, "dev_sentences": n_dev, "test_sentences": n_test,
+                  "train_tokens": 2 * n_train, "test_tokens": 2 * n_test},
         "headline": headline, "by_layer": results, "seconds": timings,
     }
     common.write_json(args.out, NAME + args.suffix, result)

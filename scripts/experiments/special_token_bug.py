@@ -141,6 +141,8 @@ def evaluate_bug(model, blocks: np.ndarray, collator: MLMCollator, cls_id: int, 
 
 def main(argv=None) -> int:
     args = parse(argv)
+    if args.replot:
+        return common.replot(args.out, NAME + args.suffix, draw)
     t_start = time.monotonic()
     bug_steps = args.bug_steps or (3 if args.tiny else 150)
     cfg = common.build_config(args)

@@ -115,6 +115,8 @@ def learning_signal(model, tok, data, cfg, args, special, mask_id, n_batches: in
 
 def main(argv=None) -> int:
     args = parse(argv)
+    if args.replot:
+        return common.replot(args.out, NAME + args.suffix, draw)
     t_start = time.monotonic()
     steps = args.steps or (4 if args.tiny else 200)
     eval_every = args.eval_every or (2 if args.tiny else 25)
