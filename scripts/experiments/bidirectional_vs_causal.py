@@ -36,7 +36,6 @@ import common  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 from mlm.checkpoint import load_pretrained  # noqa: E402
 from mlm.collate import MLMCollator  # noqa: E402

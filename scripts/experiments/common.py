@@ -39,7 +39,7 @@ import yaml  # noqa: E402
 from mlm import checkpoint as ckpt_io  # noqa: E402
 from mlm.config import Config, config_to_dict, load_config  # noqa: E402
 from mlm.data import BlockDataset, epoch_permutation, prepare_data  # noqa: E402
-from mlm.train import Runtime, build_optimizer, lr_at, setup_runtime, train, train_step  # noqa: E402
+from mlm.train import Runtime, build_optimizer, lr_at, train, train_step  # noqa: E402
 
 DEFAULT_OUT = REPO / "docs" / "experiments"
 DEFAULT_WORK = REPO / "runs" / "experiments"

@@ -231,8 +231,9 @@ def main(argv=None) -> int:
 
 
 def _alpha_ticks(ax, alphas):
+    from matplotlib.ticker import NullLocator
     ax.set_xticks(alphas, [f"{a:g}" for a in alphas])
-    ax.minorticks_off()
+    ax.xaxis.set_minor_locator(NullLocator())
 
 
 def draw(plt, r):
