@@ -165,13 +165,17 @@ class GlobalBatches:
 
     def _indices(self, step: int) -> np.ndarray:
         n = len(self.dataset)
-        out = np.empty(self.batch_size, dtype=np.int64)
-        for i, p in enumerate(range(step * self.batch_size, (step + 1) * self.batch_size)):
-            epoch = p // n
-            if epoch != self._perm_epoch:
-                self._perm_epoch, self._perm = epoch, epoch_permutation(n, self.seed, epoch)
-            out[i] = self._perm[p % n]
+        positions = np.arange(step * self.batch_size, (step + 1) * self.batch_size, dtype=np.int64)
+        out = np.empty_like(positions)
+        for epoch in np.unique(positions // n):  # one epoch, or two at a boundary
+            in_epoch = positions // n == epoch
+            out[in_epoch] = self._permutation(int(epoch))[positions[in_epoch] % n]
         return out
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        if epoch != self._perm_epoch:
+            self._perm_epoch, self._perm = epoch, epoch_permutation(len(self.dataset), self.seed, epoch)
+        return self._perm
 
     def epoch_of(self, step: int) -> float:
         return step * self.batch_size / len(self.dataset)
