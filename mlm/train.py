@@ -423,8 +423,13 @@ def build_collator(cfg: Config, tokenizer) -> MLMCollator:
                                       strategy=c.strategy, exact_count=c.exact_count)
 
 
+# Keys that only shape the initial weights: a checkpoint written before one existed resumes.
+_INIT_ONLY_KEYS = ("init_std", "scaled_residual_init")
+
+
 def _check_resumable(saved: dict[str, Any], current: ModelConfig, where: Path) -> None:
     now = asdict(current)
+    saved = {**{k: v for k, v in now.items() if k not in saved and k in _INIT_ONLY_KEYS}, **saved}
     diffs = [k for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
     if diffs:
         k = diffs[0]

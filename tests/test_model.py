@@ -257,10 +257,14 @@ def test_encode_shape_and_counts():
     assert model.flops_per_token(s, masked_fraction=1.0) > model.flops_per_token(s)
 
 
-def test_scaled_residual_init():
+@pytest.mark.parametrize("scaled", [False, True])
+def test_residual_init(scaled):
+    """BERT's init (all weights N(0, 0.02)) by default; GPT-2's std / sqrt(2 * layers) for the
+    projections into the residual stream with model.scaled_residual_init."""
     torch.manual_seed(0)
-    model = MLMModel(make_cfg(hidden_size=256, intermediate_size=1024, num_heads=4, num_layers=8))
-    std = 0.02 / math.sqrt(2 * 8)
+    model = MLMModel(make_cfg(hidden_size=256, intermediate_size=1024, num_heads=4, num_layers=8,
+                              scaled_residual_init=scaled))
+    std = 0.02 / math.sqrt(2 * 8) if scaled else 0.02
     for block in model.layers:
         assert block.attn.out.weight.std().item() == pytest.approx(std, rel=0.05)
         assert block.ffn.down.weight.std().item() == pytest.approx(std, rel=0.05)
@@ -288,3 +292,28 @@ def test_invalid_inputs_raise_clear_errors():
         MLMModel(make_cfg(vocab_size=0))
     with pytest.raises(ConfigError, match="special_token_ids"):
         MLMModel(make_cfg(special_token_ids=[VOCAB]))
+
+
+@pytest.mark.parametrize("seq", [16, 128, 200])  # matmul path up to 128 on CPU, the fused kernel above
+def test_attention_matches_sdpa_reference_with_key_mask(seq):
+    """Both CPU attention paths give F.scaled_dot_product_attention's math-backend result,
+    padded keys included (fp32, 1e-5), and its gradients; bf16 stays close."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from mlm.model import attention
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(3, 2, seq, 8, generator=g, requires_grad=True) for _ in range(3))
+    key_mask = torch.ones(3, 1, 1, seq, dtype=torch.bool)
+    key_mask[1, ..., seq // 2:] = False  # a padded row
+    out = attention(q, k, v, key_mask, 0.0)
+    grads = torch.autograd.grad(out.square().sum(), (q, k, v))
+    with sdpa_kernel(SDPBackend.MATH):
+        ref = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
+    ref_grads = torch.autograd.grad(ref.square().sum(), (q, k, v))
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    low = attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), key_mask, 0.0)
+    assert low.dtype == torch.bfloat16
+    torch.testing.assert_close(low.float(), ref, atol=3e-2, rtol=3e-2)
