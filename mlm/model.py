@@ -119,10 +119,10 @@ class RotaryEmbedding(nn.Module):
         return x * cos + rotated * sin
 
 
-# On CPU, sequences up to this length attend with two batched matmuls instead of the fused
-# kernel: at (32 x 4 heads, 128, 64), forward + backward, 10 ms in bf16 and 20 ms in fp32
-# against 29 / 24 ms for the fused kernel (torch 2.13, 2 AVX-512 BF16 cores). At 256 the
-# two are even, at 512 the kernel wins by 2x, and its memory stays linear in length.
+# On CPU, self-attention over sequences up to this length runs as two batched matmuls
+# instead of the fused kernel: at (32 x 4 heads, 128, 64), forward + backward, 10 ms in bf16
+# and 20 ms in fp32 against 29 / 24 ms for the fused kernel (torch 2.13, 2 AVX-512 BF16
+# cores). At 256 the two are even, at 512 the kernel wins by 2x and its memory stays linear.
 CPU_MATMUL_ATTENTION_MAX_LEN = 128
 
 
@@ -131,17 +131,20 @@ def attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Optional[Tensor], dropo
     attended to, or None -> (b, H, sq, D).
 
     `F.scaled_dot_product_attention` (flash / memory-efficient kernels on GPU, the fused
-    kernel on CPU), except for short sequences on CPU, where scores, softmax and the weighted
-    sum as plain matmuls are 1.2-3x faster (see CPU_MATMUL_ATTENTION_MAX_LEN).
+    kernel on CPU), except short self-attention on CPU (sq == s <= CPU_MATMUL_ATTENTION_MAX_LEN):
+    scores, softmax and the weighted sum as plain matmuls, 1.2-3x faster (measured). Not
+    when sq < s (the last layer's labelled queries): that width changes every step, and
+    (b, H, sq, s) score tensors of a new size each step fragment glibc's heap (+120 MB peak
+    RSS in the benchmark); the fused kernel keeps no scores.
     """
-    if q.device.type == "cpu" and k.shape[-2] <= CPU_MATMUL_ATTENTION_MAX_LEN:
-        scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)  # (b, H, sq, s)
+    if q.device.type == "cpu" and q.shape[-2] == k.shape[-2] <= CPU_MATMUL_ATTENTION_MAX_LEN:
+        scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)  # (b, H, s, s)
         if key_mask is not None:
             scores = scores.masked_fill(~key_mask, float("-inf"))
         probs = torch.softmax(scores, dim=-1)  # the kernel accumulates in fp32 whatever the dtype
         if dropout_p > 0:
             probs = F.dropout(probs, dropout_p)
-        return probs @ v  # (b, H, sq, D)
+        return probs @ v  # (b, H, s, D)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, dropout_p=dropout_p)
 
 
