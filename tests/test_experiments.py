@@ -96,6 +96,33 @@ def test_bidirectional_vs_causal(work, tmp_path):
             assert 0.0 <= scores["mlm"]["accuracy"] <= 1.0 and 0.0 <= scores["causal_full"]["accuracy"] <= 1.0
 
 
+def test_causal_model_trains_on_next_token_labels_with_any_label_count():
+    """The causal arm with labels on some positions only: the loss is the dense next-token loss
+    (MLMModel's last-layer shortcut for labelled rows masks keys only, not per query)."""
+    import torch
+    import torch.nn.functional as F
+
+    from mlm.config import ModelConfig
+
+    module = load("bidirectional_vs_causal")
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=40, hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32,
+                      max_seq_len=12, special_token_ids=[0, 1, 2, 3, 4])
+    model = module.CausalLM(cfg).eval()
+    ids = torch.randint(5, 40, (8, 12))
+    ids[:, 0] = 2  # [CLS]
+    special = torch.zeros(40, dtype=torch.bool)
+    special[:5] = True
+    labels = module.next_token_labels(ids, special)
+    labels[:, 0] = -100
+    labels[:, 9:] = -100  # 8 labels per row, 64 in all: every row has fewer queries than positions
+    out = model(ids, labels=labels)
+    dense = model(ids).logits  # (b, s, V)
+    where = labels != -100
+    expected = F.cross_entropy(dense[where], labels[where])
+    torch.testing.assert_close(out.loss, expected, atol=1e-5, rtol=1e-5)
+
+
 def test_step_blocks_match_the_trainer():
     """The causal arm of bidirectional_vs_causal trains on the shared MLM run's exact batches."""
     import numpy as np

@@ -60,6 +60,12 @@ class CausalLM(MLMModel):
         causal = torch.ones(s, s, dtype=torch.bool, device=input_ids.device).tril()[None, None]
         return TokenLayout(b, s, None, causal)
 
+    def _encode(self, input_ids, layout, keep=None):
+        # Every position through every layer, then the kept rows: the causal mask differs per
+        # query, and MLMModel's last-layer shortcut for labelled rows packs queries and masks keys only.
+        x = super()._encode(input_ids, layout)  # (b, s, h)
+        return x if keep is None else x.reshape(-1, x.shape[-1])[keep]
+
 
 def next_token_labels(ids: torch.Tensor, special: torch.Tensor) -> torch.Tensor:
     """labels[:, t] = ids[:, t + 1]; -100 at the last position and where the next token is special
