@@ -23,19 +23,18 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from mlm import checkpoint as ckpt_io
 from mlm.collate import MLMCollator
-from mlm.config import Config, ModelConfig, TrainConfig, _build, config_to_dict, load_config
+from mlm.config import Config, ModelConfig, TrainConfig, config_to_dict, load_config
 from mlm.data import BlockDataset, epoch_permutation, prepare_data
 from mlm.errors import UserError, run_cli
 from mlm.model import MLMModel
-from mlm.tokenizer import PAD, MASK, special_token_ids
+from mlm.tokenizer import PAD, special_token_ids
 
 import yaml
 
@@ -429,7 +428,7 @@ _INIT_ONLY_KEYS = ("init_std", "scaled_residual_init")
 
 def _check_resumable(saved: dict[str, Any], current: ModelConfig, where: Path) -> None:
     now = asdict(current)
-    saved = {**{k: v for k, v in now.items() if k not in saved and k in _INIT_ONLY_KEYS}, **saved}
+    saved = {**{k: now[k] for k in _INIT_ONLY_KEYS}, **saved}  # absent from older checkpoints
     diffs = [k for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
     if diffs:
         k = diffs[0]

@@ -15,7 +15,6 @@ held-out masked tokens; then the mean difference over seeds and its spread.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import sys
@@ -43,13 +42,9 @@ def main(argv=None) -> int:
         bench_train.build_data(args, Path(tmp))
         tok, train_blocks, eval_blocks = bench_train.load_data(Path(tmp))
         for seed in own.seeds:
-            init_args = copy.copy(args)
-            init_args.seed = seed  # only the weights' seed; data order and masks keep args.seed
-            runners = [bench_train.Runner("ours", "ours", own.ours_precision, init_args, tok),
-                       bench_train.Runner("hf", "hf", "fp32", init_args, tok)]
-            for r in runners:
-                r.args = args
-                r.collator, _ = bench_train.make_collator(tok, args.seed)
+            # only the weights' seed changes; data order and masks keep args.seed
+            runners = [bench_train.Runner("ours", "ours", own.ours_precision, args, tok, init_seed=seed),
+                       bench_train.Runner("hf", "hf", "fp32", args, tok, init_seed=seed)]
             for step, idx in enumerate(bench_train.batch_indices(len(train_blocks), args)):
                 for r in runners:
                     r.step(train_blocks[idx], step)

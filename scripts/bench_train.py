@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import platform
 import subprocess
 import sys
@@ -141,8 +140,8 @@ def make_collator(tok, seed: int):
 
 # ---------------------------------------------------------------- models
 
-def build_model(kind: str, args, tok) -> torch.nn.Module:
-    torch.manual_seed(args.seed)
+def build_model(kind: str, args, tok, init_seed: int) -> torch.nn.Module:
+    torch.manual_seed(init_seed)
     if kind == "ours":
         cfg = ModelConfig(vocab_size=args.vocab, hidden_size=args.hidden, num_layers=args.layers,
                           num_heads=args.heads, intermediate_size=args.ffn, max_seq_len=args.seq,
@@ -161,9 +160,9 @@ def build_model(kind: str, args, tok) -> torch.nn.Module:
 class Runner:
     """One model + optimizer + collator at one precision; `step()` is the timed unit."""
 
-    def __init__(self, name: str, kind: str, precision: str, args, tok):
+    def __init__(self, name: str, kind: str, precision: str, args, tok, init_seed: int | None = None):
         self.name, self.kind, self.precision, self.args = name, kind, precision, args
-        self.model = build_model(kind, args, tok).train()
+        self.model = build_model(kind, args, tok, args.seed if init_seed is None else init_seed).train()
         decay = [p for p in self.model.parameters() if p.dim() >= 2]
         no_decay = [p for p in self.model.parameters() if p.dim() < 2]
         self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01},

@@ -3,7 +3,6 @@ same ids through AutoTokenizer, offline; options without an exact equivalent are
 line; a transformers BERT imports back and continues pretraining."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest

@@ -124,6 +124,21 @@ def test_resume_refuses_changed_model(reference_run, corpus_file, data_cache, tm
         train(cfg)
 
 
+def test_resume_accepts_checkpoints_older_than_the_init_only_keys(tmp_path):
+    """A checkpoint written before model.init_std / model.scaled_residual_init existed still
+    resumes (they only shape step 0's weights); any other missing or changed key refuses."""
+    from dataclasses import asdict
+
+    from mlm.config import ModelConfig
+    from mlm.train import _check_resumable
+
+    now = ModelConfig(vocab_size=100, special_token_ids=[0, 1, 2, 3, 4])
+    old = {k: v for k, v in asdict(now).items() if k not in ("init_std", "scaled_residual_init")}
+    _check_resumable(old, now, tmp_path)
+    with pytest.raises(UserError, match=r"model.rope_theta: checkpoint has None"):
+        _check_resumable({k: v for k, v in old.items() if k != "rope_theta"}, now, tmp_path)
+
+
 def _one_step_setup(corpus_file, data_cache, tmp_path, **extra):
     from mlm.data import prepare_data
     from mlm.model import MLMModel

@@ -41,7 +41,7 @@ from mlm.checkpoint import load_pretrained  # noqa: E402
 from mlm.collate import MLMCollator  # noqa: E402
 from mlm.model import MLMModel, TokenLayout  # noqa: E402
 from mlm.tokenizer import MASK, SEP  # noqa: E402
-from mlm.train import evaluate, model_config_for, setup_runtime  # noqa: E402
+from mlm.train import evaluate, model_config_for  # noqa: E402
 
 NAME = "bidirectional_vs_causal"
 
@@ -166,22 +166,15 @@ def main(argv=None) -> int:
     if args.replot:
         return common.replot(args.out, NAME + args.suffix, draw)
     t_start = time.monotonic()
-    cfg = common.build_config(args)
-    common.seed_everything(args.seed)
-    rt = setup_runtime(cfg.train)
+    cfg, rt = common.start(args)
     data = common.load_data(cfg)
     tok = data.tokenizer
     mcfg = model_config_for(cfg, tok)
-    collator = MLMCollator.from_tokenizer(tok, mlm_probability=cfg.collate.mlm_probability)
-    special_np = np.zeros(tok.get_vocab_size(), dtype=bool)
-    special_np[collator.special_token_ids] = True
+    special_np = common.special_mask(tok)
     special = torch.as_tensor(special_np, device=rt.device)
     mask_id, sep_id = tok.token_to_id(MASK), tok.token_to_id(SEP)
-    timings = {}
-
-    t0 = time.monotonic()
-    ckpt = common.pretrained_checkpoint(cfg, args.work_dir)
-    timings["shared_pretraining_or_reuse"] = time.monotonic() - t0
+    timings: dict[str, float] = {}
+    ckpt = common.shared_checkpoint(cfg, args.work_dir, timings)
     mlm, _ = load_pretrained(ckpt, rt.device)
     steps = cfg.train.max_steps
     # The trainer seeds torch, random and numpy with train.seed, then builds the model: the same here.

@@ -39,7 +39,8 @@ import yaml  # noqa: E402
 from mlm import checkpoint as ckpt_io  # noqa: E402
 from mlm.config import Config, config_to_dict, load_config  # noqa: E402
 from mlm.data import BlockDataset, epoch_permutation, prepare_data  # noqa: E402
-from mlm.train import Runtime, build_optimizer, lr_at, train, train_step  # noqa: E402
+from mlm.tokenizer import special_token_ids  # noqa: E402
+from mlm.train import Runtime, build_optimizer, lr_at, setup_runtime, train, train_step  # noqa: E402
 
 DEFAULT_OUT = REPO / "docs" / "experiments"
 DEFAULT_WORK = REPO / "runs" / "experiments"
@@ -157,6 +158,20 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def start(args: argparse.Namespace) -> tuple[Config, Runtime]:
+    """What every experiment does first: its layered config, the seeds, then device and threads."""
+    cfg = build_config(args)
+    seed_everything(args.seed)
+    return cfg, setup_runtime(cfg.train)
+
+
+def special_mask(tokenizer) -> np.ndarray:
+    """(V,) bool, True at the special ids: the library's one set (never masked, logits -inf)."""
+    mask = np.zeros(tokenizer.get_vocab_size(), dtype=bool)
+    mask[special_token_ids(tokenizer)] = True
+    return mask
+
+
 # ---------------------------------------------------------------- shared pretraining
 
 def config_hash(cfg: Config) -> str:
@@ -189,6 +204,15 @@ def pretrained_checkpoint(cfg: Config, work_dir: str | Path, tag: str = "pretrai
     log(f"pretraining done in {time.monotonic() - t0:.0f}s")
     (out / "pretrain_seconds.txt").write_text(f"{time.monotonic() - t0:.1f}\n")
     return done
+
+
+def shared_checkpoint(cfg: Config, work_dir: str | Path, timings: dict[str, float]) -> Path:
+    """`pretrained_checkpoint(cfg, work_dir)`, its wall time (training, or finding the cached run)
+    recorded as timings["shared_pretraining_or_reuse"]."""
+    t0 = time.monotonic()
+    checkpoint = pretrained_checkpoint(cfg, work_dir)
+    timings["shared_pretraining_or_reuse"] = time.monotonic() - t0
+    return checkpoint
 
 
 def _finished_checkpoint(out: Path, steps: int) -> Path | None:

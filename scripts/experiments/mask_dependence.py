@@ -30,8 +30,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from mlm.checkpoint import load_pretrained  # noqa: E402
-from mlm.tokenizer import MASK, special_token_ids  # noqa: E402
-from mlm.train import setup_runtime  # noqa: E402
+from mlm.tokenizer import MASK  # noqa: E402
 
 NAME = "mask_dependence"
 
@@ -117,18 +116,14 @@ def main(argv=None) -> int:
     if args.replot:
         return common.replot(args.out, NAME + args.suffix, draw)
     t_start = time.monotonic()
-    cfg = common.build_config(args)
-    common.seed_everything(args.seed)
-    rt = setup_runtime(cfg.train)
+    cfg, rt = common.start(args)
     data = common.load_data(cfg)
-    t0 = time.monotonic()
-    ckpt = common.pretrained_checkpoint(cfg, args.work_dir)
-    timings = {"shared_pretraining_or_reuse": time.monotonic() - t0}
+    timings: dict[str, float] = {}
+    ckpt = common.shared_checkpoint(cfg, args.work_dir, timings)
     t0 = time.monotonic()
     model, tok = load_pretrained(ckpt, rt.device)
     mask_id = tok.token_to_id(MASK)
-    special = np.zeros(tok.get_vocab_size(), dtype=bool)
-    special[special_token_ids(tok)] = True
+    special = common.special_mask(tok)
     blocks = np.asarray(data.validation[np.arange(len(data.validation))], dtype=np.int64)
     seq = blocks.shape[1]
     distances = args.distances or [1, 2, 3, 4, 6, 8, 16, 32, 48]

@@ -28,7 +28,7 @@ import torch  # noqa: E402
 
 from mlm.checkpoint import load_pretrained  # noqa: E402
 from mlm.collate import MLMCollator  # noqa: E402
-from mlm.train import evaluate, setup_runtime  # noqa: E402
+from mlm.train import evaluate  # noqa: E402
 
 NAME = "mask_ratio"
 ALPHAS = (0.05, 0.10, 0.15, 0.30, 0.50)
@@ -128,17 +128,13 @@ def main(argv=None) -> int:
     K = args.maskings or (4 if args.tiny else 16)
     B = args.variance_blocks or (8 if args.tiny else 32)
     base_steps = args.steps or (4 if args.tiny else 150)
-    cfg = common.build_config(args)
-    common.seed_everything(args.seed)
-    rt = setup_runtime(cfg.train)
+    cfg, rt = common.start(args)
     data = common.load_data(cfg)
     work = Path(args.work_dir)
     timings: dict[str, float] = {}
 
     # ---- (a) gradient variance at a fixed checkpoint
-    t0 = time.monotonic()
-    ckpt = common.pretrained_checkpoint(cfg, work)
-    timings["shared_pretraining_or_reuse"] = time.monotonic() - t0
+    ckpt = common.shared_checkpoint(cfg, work, timings)
     model, tok = load_pretrained(ckpt, rt.device)
     blocks = common.fixed_blocks(data.train, B, args.seed)
     t0 = time.monotonic()

@@ -37,7 +37,6 @@ import torch  # noqa: E402
 from mlm.checkpoint import load_pretrained  # noqa: E402
 from mlm.probe import L2_GRID, fit_logistic_regression  # noqa: E402
 from mlm.tokenizer import CLS, MASK, SEP  # noqa: E402
-from mlm.train import setup_runtime  # noqa: E402
 
 NAME = "probing"
 
@@ -170,12 +169,9 @@ def main(argv=None) -> int:
     n_train = args.train_sentences or (40 if args.tiny else 800)
     n_test = args.test_sentences or (20 if args.tiny else 400)
     n_dev = args.dev_sentences or (12 if args.tiny else 300)
-    cfg = common.build_config(args)
-    common.seed_everything(args.seed)
-    rt = setup_runtime(cfg.train)
-    t0 = time.monotonic()
-    ckpt = common.pretrained_checkpoint(cfg, args.work_dir)
-    timings = {"shared_pretraining_or_reuse": time.monotonic() - t0}
+    cfg, rt = common.start(args)
+    timings: dict[str, float] = {}
+    ckpt = common.shared_checkpoint(cfg, args.work_dir, timings)
     t0 = time.monotonic()
     model, tok = load_pretrained(ckpt, rt.device)
     mask_id = tok.token_to_id(MASK)

@@ -39,7 +39,6 @@ from mlm.collate import MLMCollator  # noqa: E402
 from mlm.config import ModelConfig  # noqa: E402
 from mlm.model import MLMModel  # noqa: E402
 from mlm.tokenizer import CLS, MASK  # noqa: E402
-from mlm.train import setup_runtime  # noqa: E402
 
 NAME = "special_token_bug"
 
@@ -145,13 +144,10 @@ def main(argv=None) -> int:
         return common.replot(args.out, NAME + args.suffix, draw)
     t_start = time.monotonic()
     bug_steps = args.bug_steps or (3 if args.tiny else 150)
-    cfg = common.build_config(args)
-    common.seed_everything(args.seed)
-    rt = setup_runtime(cfg.train)
+    cfg, rt = common.start(args)
     data = common.load_data(cfg)
-    t0 = time.monotonic()
-    ckpt = common.pretrained_checkpoint(cfg, args.work_dir)
-    timings = {"shared_pretraining_or_reuse": time.monotonic() - t0}
+    timings: dict[str, float] = {}
+    ckpt = common.shared_checkpoint(cfg, args.work_dir, timings)
     model, tok = load_pretrained(ckpt, rt.device)
     cls_id, mask_id = tok.token_to_id(CLS), tok.token_to_id(MASK)
     n_blocks = args.blocks or (16 if args.tiny else len(data.validation))

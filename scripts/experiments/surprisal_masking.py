@@ -34,7 +34,7 @@ from mlm.checkpoint import load_pretrained  # noqa: E402
 from mlm.collate import MLMCollator  # noqa: E402
 from mlm.model import MLMModel  # noqa: E402
 from mlm.tokenizer import MASK  # noqa: E402
-from mlm.train import evaluate, model_config_for, setup_runtime  # noqa: E402
+from mlm.train import evaluate, model_config_for  # noqa: E402
 
 NAME = "surprisal_masking"
 
@@ -121,23 +121,18 @@ def main(argv=None) -> int:
     steps = args.steps or (4 if args.tiny else 200)
     eval_every = args.eval_every or (2 if args.tiny else 25)
     n_signal = args.signal_batches or (2 if args.tiny else 8)
-    cfg = common.build_config(args)
-    common.seed_everything(args.seed)
-    rt = setup_runtime(cfg.train)
+    cfg, rt = common.start(args)
     data = common.load_data(cfg)
     tok = data.tokenizer
     alpha = cfg.collate.mlm_probability
     uniform = MLMCollator.from_tokenizer(tok, mlm_probability=alpha)
     weighted = MLMCollator.from_tokenizer(tok, mlm_probability=alpha, strategy="weighted")
-    special = np.zeros(tok.get_vocab_size(), dtype=bool)
-    special[uniform.special_token_ids] = True
+    special = common.special_mask(tok)
     mask_id = tok.token_to_id(MASK)
     timings = {}
 
     # ---- (i) learning signal at the shared checkpoint
-    t0 = time.monotonic()
-    ckpt = common.pretrained_checkpoint(cfg, args.work_dir)
-    timings["shared_pretraining_or_reuse"] = time.monotonic() - t0
+    ckpt = common.shared_checkpoint(cfg, args.work_dir, timings)
     t0 = time.monotonic()
     model, _ = load_pretrained(ckpt, rt.device)
     common.log(f"(i) learning signal at {ckpt}: {n_signal} batches")
