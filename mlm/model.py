@@ -124,6 +124,10 @@ class RotaryEmbedding(nn.Module):
 # and 20 ms in fp32 against 29 / 24 ms for the fused kernel (torch 2.13, 2 AVX-512 BF16
 # cores). At 256 the two are even, at 512 the kernel wins by 2x and its memory stays linear.
 CPU_MATMUL_ATTENTION_MAX_LEN = 128
+# The last layer's packed labelled queries (SelfAttention._forward_queries) are padded on CPU
+# to a multiple of this width, so their score tensors take a few sizes, not a new one each
+# step: tensors of a new size every step fragment glibc's heap (measured: peak RSS +120 MB).
+CPU_QUERY_BUCKET = 16
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Optional[Tensor], dropout_p: float) -> Tensor:
@@ -131,20 +135,17 @@ def attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Optional[Tensor], dropo
     attended to, or None -> (b, H, sq, D).
 
     `F.scaled_dot_product_attention` (flash / memory-efficient kernels on GPU, the fused
-    kernel on CPU), except short self-attention on CPU (sq == s <= CPU_MATMUL_ATTENTION_MAX_LEN):
-    scores, softmax and the weighted sum as plain matmuls, 1.2-3x faster (measured). Not
-    when sq < s (the last layer's labelled queries): that width changes every step, and
-    (b, H, sq, s) score tensors of a new size each step fragment glibc's heap (+120 MB peak
-    RSS in the benchmark); the fused kernel keeps no scores.
+    kernel on CPU), except short sequences on CPU (s <= CPU_MATMUL_ATTENTION_MAX_LEN):
+    scores, softmax and the weighted sum as plain matmuls, 1.2-3x faster in bf16 (measured).
     """
-    if q.device.type == "cpu" and q.shape[-2] == k.shape[-2] <= CPU_MATMUL_ATTENTION_MAX_LEN:
-        scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)  # (b, H, s, s)
+    if q.device.type == "cpu" and q.shape[-2] <= k.shape[-2] <= CPU_MATMUL_ATTENTION_MAX_LEN:
+        scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)  # (b, H, sq, s)
         if key_mask is not None:
             scores = scores.masked_fill(~key_mask, float("-inf"))
         probs = torch.softmax(scores, dim=-1)  # the kernel accumulates in fp32 whatever the dtype
         if dropout_p > 0:
             probs = F.dropout(probs, dropout_p)
-        return probs @ v  # (b, H, s, D)
+        return probs @ v  # (b, H, sq, D)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, dropout_p=dropout_p)
 
 
@@ -199,6 +200,8 @@ class SelfAttention(nn.Module):
         slot = (chosen.cumsum(1) - 1).view(-1)[grid]  # (m,) rank of each query within its row
         # Under torch.compile the width stays s (no data-dependent size); eagerly it is read.
         width = s if torch.compiler.is_compiling() else max(1, int(chosen.sum(1).max()))
+        if q.device.type == "cpu":  # a few widths, not a new size every step (see `attention`)
+            width = min(s, -(-width // CPU_QUERY_BUCKET) * CPU_QUERY_BUCKET)
         packed = q.new_zeros(b, width, H, D)
         packed[row, slot] = q  # (b, width, H, D)
         o = self._attend(packed.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), layout)  # (b, H, width, D)
@@ -316,28 +319,44 @@ class SummedCrossEntropy(torch.autograd.Function):
 
     Same value and gradient as `F.cross_entropy(logits.float(), target, ignore_index=-100,
     reduction="sum")`, computed in fp32, with less memory at the step's peak: it saves only
-    the logits, in their own dtype (bf16 under autocast), not an fp32 log-softmax, and its
-    backward builds one (m, V) fp32 buffer (a softmax computed straight from the saved
-    logits) where log_softmax + nll_loss build three.
+    the logits, in their own dtype (bf16 under autocast), not an fp32 log-softmax.
+    `chunk` > 0 processes that many rows at a time, so the fp32 (rows, V) work buffers are
+    (chunk, V) and of one size every step (the CPU path: see `_round_up_rows`); 0 does all
+    rows at once (CUDA, torch.compile).
     """
 
     @staticmethod
-    def forward(ctx, logits: Tensor, target: Tensor) -> Tensor:  # logits: (m, V), target: (m,)
-        x = logits.float()
-        lse = torch.logsumexp(x, dim=-1)  # (m,)
+    def forward(ctx, logits: Tensor, target: Tensor, chunk: int = 0) -> Tensor:  # logits: (m, V), target: (m,)
         valid = target != IGNORE_INDEX
         index = torch.where(valid, target, torch.zeros_like(target))  # (m,)
-        picked = x.gather(1, index[:, None]).squeeze(1)  # (m,)
+        picked = logits.gather(1, index[:, None]).squeeze(1).float()  # (m,), exact in any dtype
+        if chunk <= 0 or logits.shape[0] <= chunk:
+            lse = torch.logsumexp(logits.float(), dim=-1)  # (m,)
+        else:
+            lse = torch.cat([torch.logsumexp(part.float(), dim=-1) for part in logits.split(chunk)])
         ctx.save_for_backward(logits, index, valid)
+        ctx.chunk = chunk
         return torch.where(valid, lse - picked, torch.zeros_like(lse)).sum()  # not 0 * inf on filler rows
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
         logits, index, valid = ctx.saved_tensors
-        probs = torch.softmax(logits, dim=-1, dtype=torch.float32)  # (m, V), in one pass
-        probs.scatter_add_(1, index[:, None], probs.new_full((index.shape[0], 1), -1.0))  # minus the one-hot target
-        probs.mul_((grad * valid)[:, None])
-        return probs.to(logits.dtype), None
+        scale = (grad * valid)[:, None]  # (m, 1)
+        if ctx.chunk <= 0 or logits.shape[0] <= ctx.chunk or logits.dtype == torch.float32:
+            # fp32 logits: the (m, V) fp32 gradient is the output itself; chunks would add a copy
+            return _cross_entropy_grad(logits, index, scale).to(logits.dtype), None, None
+        out = torch.empty_like(logits)  # (m, V) in the logits' dtype
+        for start in range(0, logits.shape[0], ctx.chunk):
+            rows = slice(start, start + ctx.chunk)
+            out[rows].copy_(_cross_entropy_grad(logits[rows], index[rows], scale[rows]))
+        return out, None, None
+
+
+def _cross_entropy_grad(logits: Tensor, index: Tensor, scale: Tensor) -> Tensor:
+    """(softmax(logits) - onehot(index)) * scale, (rows, V) in fp32."""
+    probs = torch.softmax(logits, dim=-1, dtype=torch.float32)  # in one pass from any dtype
+    probs.scatter_add_(1, index[:, None], probs.new_full((index.shape[0], 1), -1.0))  # minus the one-hot target
+    return probs.mul_(scale)
 
 
 CPU_ROW_BUCKET = 64
@@ -356,8 +375,11 @@ def _round_up_rows(picked: Tensor, predict: Tensor) -> Tensor:
     size = min(total, -(-m // CPU_ROW_BUCKET) * CPU_ROW_BUCKET)
     if size == m:
         return picked
-    filler = (~predict).nonzero().squeeze(1)[: size - m]
-    return torch.cat([picked, filler])
+    unpicked = (~predict).nonzero().squeeze(1)  # (total - m,)
+    # Spread the filler over the batch: bunched into the first rows, it would widen the last
+    # layer's packed queries (SelfAttention._forward_queries) for the whole batch.
+    spread = torch.arange(size - m, device=picked.device) * unpicked.shape[0] // (size - m)
+    return torch.cat([picked, unpicked[spread]])
 
 
 class MLMModel(nn.Module):
@@ -476,12 +498,13 @@ class MLMModel(nn.Module):
         predict = flat_labels != IGNORE_INDEX
         picked = predict.nonzero().squeeze(1)  # (m,) token rows
         m = picked.shape[0]
-        if picked.device.type == "cpu" and not torch.compiler.is_compiling():
+        cpu_eager = picked.device.type == "cpu" and not torch.compiler.is_compiling()
+        if cpu_eager:
             picked = _round_up_rows(picked, predict)  # (m',) m' >= m; the filler rows are unlabelled
         target = flat_labels[picked]  # (m',)
         hidden = self._encode(input_ids, layout, keep=picked)  # (m', h)
         logits = self.head(hidden, decoder_weight)  # (m', V)
-        loss = SummedCrossEntropy.apply(logits, target)  # fp32; filler rows add 0
+        loss = SummedCrossEntropy.apply(logits, target, CPU_ROW_BUCKET if cpu_eager else 0)  # fp32; filler rows add 0
         if reduction == "mean":
             loss = loss / predict.sum().clamp(min=1)
         return MLMOutput(loss, logits[:m], target[:m])

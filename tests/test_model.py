@@ -165,6 +165,64 @@ def test_sparse_gradients_match_dense_loss_gradients(fraction):
         torch.testing.assert_close(g, grads[1][name], rtol=1e-4, atol=1e-6, msg=name)
 
 
+def test_cpu_row_filler_chunked_loss_and_query_bucket_train_the_same():
+    """At a size where the CPU eager path pads the labelled rows to a multiple of 64 (filler
+    rows), computes the loss in 64-row chunks and pads the last layer's queries to a multiple
+    of 16 narrower than the sequence, loss and gradients equal the dense model's."""
+    from mlm import model as model_module
+
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(len(SPECIAL), VOCAB, (6, 64), generator=g)
+    labels = torch.where(torch.rand(6, 64, generator=g) < 0.25, ids, torch.full_like(ids, -100))
+    m = int((labels != -100).sum())
+    assert m % model_module.CPU_ROW_BUCKET != 0 and m > model_module.CPU_ROW_BUCKET  # filler, 2+ chunks
+    widths = []
+    original = model_module.attention
+
+    def spy(q, k, v, key_mask, dropout_p):
+        widths.append(q.shape[-2])
+        return original(q, k, v, key_mask, dropout_p)
+
+    grads, losses = [], []
+    for sparse in (True, False):
+        model = make_model(max_seq_len=64).train()
+        model_module.attention = spy
+        try:
+            if sparse:
+                loss = model(ids, labels=labels).loss
+            else:
+                logits = model(ids).logits
+                loss = F.cross_entropy(logits.reshape(-1, VOCAB), labels.reshape(-1), ignore_index=-100)
+        finally:
+            model_module.attention = original
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append({n: p.grad for n, p in model.named_parameters()})
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=1e-6)
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grad, grads[1][name], rtol=1e-4, atol=1e-6, msg=name)
+    last_width = widths[1]  # sparse run: layer 0 attends all 64 queries, layer 1 the packed ones
+    assert widths[0] == 64 and last_width < 64 and last_width % model_module.CPU_QUERY_BUCKET == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("chunk", [0, 64, 50])
+def test_summed_cross_entropy_matches_torch_in_any_chunking(dtype, chunk):
+    from mlm.model import SummedCrossEntropy
+
+    g = torch.Generator().manual_seed(0)
+    logits = (3 * torch.randn(150, 40, generator=g)).to(dtype).requires_grad_()
+    target = torch.randint(0, 40, (150,), generator=g)
+    target[::7] = -100
+    loss = SummedCrossEntropy.apply(logits, target, chunk)
+    (grad,) = torch.autograd.grad(loss, logits)
+    ref = F.cross_entropy(logits.float(), target, ignore_index=-100, reduction="sum")
+    (ref_grad,) = torch.autograd.grad(ref, logits)
+    torch.testing.assert_close(loss, ref, rtol=1e-6, atol=1e-5)
+    assert grad.dtype == dtype
+    torch.testing.assert_close(grad, ref_grad, rtol=0, atol=1e-6 if dtype == torch.float32 else 4e-3)
+
+
 def test_no_labelled_token_gives_zero_mean_loss_and_finite_grad():
     model = make_model().train()
     ids, _, _ = make_batch()
@@ -294,8 +352,8 @@ def test_invalid_inputs_raise_clear_errors():
         MLMModel(make_cfg(special_token_ids=[VOCAB]))
 
 
-@pytest.mark.parametrize("seq", [16, 128, 200])  # matmul path up to 128 on CPU, the fused kernel above
-def test_attention_matches_sdpa_reference_with_key_mask(seq):
+@pytest.mark.parametrize("seq,queries", [(16, None), (128, None), (128, 48), (200, None), (200, 48)])
+def test_attention_matches_sdpa_reference_with_key_mask(seq, queries):  # matmul path up to 128 keys on CPU
     """Both CPU attention paths give F.scaled_dot_product_attention's math-backend result,
     padded keys included (fp32, 1e-5), and its gradients; bf16 stays close."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -303,7 +361,7 @@ def test_attention_matches_sdpa_reference_with_key_mask(seq):
     from mlm.model import attention
 
     g = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(3, 2, seq, 8, generator=g, requires_grad=True) for _ in range(3))
+    q, k, v = (torch.randn(3, 2, n, 8, generator=g, requires_grad=True) for n in (queries or seq, seq, seq))
     key_mask = torch.ones(3, 1, 1, seq, dtype=torch.bool)
     key_mask[1, ..., seq // 2:] = False  # a padded row
     out = attention(q, k, v, key_mask, 0.0)
