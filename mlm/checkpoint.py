@@ -32,7 +32,8 @@ MANIFEST_FILE = "manifest.json"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 4 MiB pieces (weights can be large)."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 22), b""):
@@ -79,7 +80,7 @@ def save_checkpoint(root: str | Path, step: int, model_state: dict[str, torch.Te
     for name in files:
         with open(tmp / name, "rb") as fh:
             os.fsync(fh.fileno())
-    manifest = {"step": step, "files": {n: {"size": (tmp / n).stat().st_size, "sha256": _sha256(tmp / n)}
+    manifest = {"step": step, "files": {n: {"size": (tmp / n).stat().st_size, "sha256": sha256_file(tmp / n)}
                                         for n in files}}
     with open(tmp / MANIFEST_FILE, "w", encoding="utf-8") as fh:
         json.dump(manifest, fh, indent=2)
@@ -122,7 +123,7 @@ def verify_checkpoint(path: str | Path) -> str | None:
             return f"{f} is missing"
         if f.stat().st_size != meta["size"]:
             return f"{f} has {f.stat().st_size} bytes, manifest says {meta['size']} (truncated?)"
-        if _sha256(f) != meta["sha256"]:
+        if sha256_file(f) != meta["sha256"]:
             return f"{f} does not match its SHA-256 in the manifest (corrupted?)"
     return None
 

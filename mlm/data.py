@@ -1133,7 +1133,7 @@ class _SplitWriter:
             self._file = None
 
 
-def _sha256_file(path: Path) -> str:
+def _sha256_file(path: Path) -> str:  # like mlm.checkpoint.sha256_file; that module imports torch
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
-import hashlib
 import json
 import math
 import os
@@ -367,17 +366,13 @@ def predict(model: SequenceClassifier, rows: Sequence[Sequence[int]], pad_id: in
 
 # ---------------------------------------------------------------- checkpoint
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def save_finetuned(out_dir: Path, step: int, model: SequenceClassifier, tokenizer: Any, run_yaml: str,
                    info: dict[str, Any]) -> Path:
     """`out_dir/checkpoints/step_<step>`: an encoder checkpoint plus the classifier files, all in
     the manifest; built under a temporary name and renamed, so it appears complete or not at all."""
     from safetensors.torch import save_file
 
-    from mlm.checkpoint import MANIFEST_FILE, save_checkpoint
+    from mlm.checkpoint import MANIFEST_FILE, save_checkpoint, sha256_file
 
     staging = out_dir / f".staging_{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
@@ -388,7 +383,7 @@ def save_finetuned(out_dir: Path, step: int, model: SequenceClassifier, tokenize
     (path / CLASSIFIER_INFO).write_text(json.dumps(info, indent=2), encoding="utf-8")
     manifest = json.loads((path / MANIFEST_FILE).read_text(encoding="utf-8"))
     for name in (CLASSIFIER_WEIGHTS, CLASSIFIER_INFO):
-        manifest["files"][name] = {"size": (path / name).stat().st_size, "sha256": _sha256(path / name)}
+        manifest["files"][name] = {"size": (path / name).stat().st_size, "sha256": sha256_file(path / name)}
     tmp = path / (MANIFEST_FILE + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     os.replace(tmp, path / MANIFEST_FILE)
