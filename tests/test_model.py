@@ -165,7 +165,7 @@ def test_sparse_gradients_match_dense_loss_gradients(fraction):
         torch.testing.assert_close(g, grads[1][name], rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_cpu_row_filler_chunked_loss_and_query_bucket_train_the_same():
+def test_cpu_row_filler_chunked_loss_and_query_bucket_train_the_same(monkeypatch):
     """At a size where the CPU eager path pads the labelled rows to a multiple of 64 (filler
     rows), computes the loss in 64-row chunks and pads the last layer's queries to a multiple
     of 16 narrower than the sequence, loss and gradients equal the dense model's."""
@@ -183,18 +183,15 @@ def test_cpu_row_filler_chunked_loss_and_query_bucket_train_the_same():
         widths.append(q.shape[-2])
         return original(q, k, v, key_mask, dropout_p)
 
+    monkeypatch.setattr(model_module, "attention", spy)
     grads, losses = [], []
     for sparse in (True, False):
         model = make_model(max_seq_len=64).train()
-        model_module.attention = spy
-        try:
-            if sparse:
-                loss = model(ids, labels=labels).loss
-            else:
-                logits = model(ids).logits
-                loss = F.cross_entropy(logits.reshape(-1, VOCAB), labels.reshape(-1), ignore_index=-100)
-        finally:
-            model_module.attention = original
+        if sparse:
+            loss = model(ids, labels=labels).loss
+        else:
+            logits = model(ids).logits
+            loss = F.cross_entropy(logits.reshape(-1, VOCAB), labels.reshape(-1), ignore_index=-100)
         loss.backward()
         losses.append(loss.detach())
         grads.append({n: p.grad for n, p in model.named_parameters()})
