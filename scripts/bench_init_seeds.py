@@ -63,10 +63,7 @@ def main(argv=None) -> int:
         "ours_mean_eval_loss": round(float(np.mean([r["ours_eval_loss"] for r in per_seed])), 4),
         "hf_mean_eval_loss": round(float(np.mean([r["hf_eval_loss"] for r in per_seed])), 4),
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if own.json:
-        own.json.write_text(text + "\n", encoding="utf-8")
+    bench_train.emit(result, own.json)
     return 0
 
 

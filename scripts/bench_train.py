@@ -355,11 +355,16 @@ def main(argv=None) -> int:
             "transformers": __import__("transformers").__version__, "python": platform.python_version(),
             "wall_s": round(time.time() - started, 1),
         }
+    emit(result, args.json)
+    return 0
+
+
+def emit(result: dict, path: Path | None) -> None:
+    """The result as indented JSON on stdout, and in `path` when given."""
     text = json.dumps(result, indent=2)
     print(text)
-    if args.json:
-        args.json.write_text(text + "\n", encoding="utf-8")
-    return 0
+    if path:
+        path.write_text(text + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -145,24 +145,32 @@ def test_loss_is_cross_entropy_of_dense_logits_and_sum_is_mean_times_count():
     assert mean.loss.dtype == torch.float32
 
 
-@pytest.mark.parametrize("fraction", [0.3, 1.0])
-def test_sparse_gradients_match_dense_loss_gradients(fraction):
-    """The sparse path (last layer and head on labelled rows, CPU filler rows) trains the same."""
-    ids, _, labels = make_batch()
-    if fraction == 1.0:
-        labels = ids.clone()
-    grads = []
+def assert_sparse_trains_like_dense(ids, labels, **overrides) -> None:
+    """The model's own loss (sparse head, CPU filler rows, chunked loss) and the cross-entropy
+    of its dense logits: equal values, and equal gradients for every parameter."""
+    losses, grads = [], []
     for sparse in (True, False):
-        model = make_model().train()
+        model = make_model(**overrides).train()
         if sparse:
             loss = model(ids, labels=labels).loss
         else:
             logits = model(ids).logits
             loss = F.cross_entropy(logits.reshape(-1, VOCAB), labels.reshape(-1), ignore_index=-100)
         loss.backward()
+        losses.append(loss.detach())
         grads.append({n: p.grad for n, p in model.named_parameters()})
-    for name, g in grads[0].items():
-        torch.testing.assert_close(g, grads[1][name], rtol=1e-4, atol=1e-6, msg=name)
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=1e-6)
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grad, grads[1][name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("fraction", [0.3, 1.0])
+def test_sparse_gradients_match_dense_loss_gradients(fraction):
+    """The sparse path (last layer and head on labelled rows, CPU filler rows) trains the same."""
+    ids, _, labels = make_batch()
+    if fraction == 1.0:
+        labels = ids.clone()
+    assert_sparse_trains_like_dense(ids, labels)
 
 
 def test_cpu_row_filler_chunked_loss_and_query_bucket_train_the_same(monkeypatch):
@@ -184,20 +192,7 @@ def test_cpu_row_filler_chunked_loss_and_query_bucket_train_the_same(monkeypatch
         return original(q, k, v, key_mask, dropout_p)
 
     monkeypatch.setattr(model_module, "attention", spy)
-    grads, losses = [], []
-    for sparse in (True, False):
-        model = make_model(max_seq_len=64).train()
-        if sparse:
-            loss = model(ids, labels=labels).loss
-        else:
-            logits = model(ids).logits
-            loss = F.cross_entropy(logits.reshape(-1, VOCAB), labels.reshape(-1), ignore_index=-100)
-        loss.backward()
-        losses.append(loss.detach())
-        grads.append({n: p.grad for n, p in model.named_parameters()})
-    torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=1e-6)
-    for name, grad in grads[0].items():
-        torch.testing.assert_close(grad, grads[1][name], rtol=1e-4, atol=1e-6, msg=name)
+    assert_sparse_trains_like_dense(ids, labels, max_seq_len=64)
     last_width = widths[1]  # sparse run: layer 0 attends all 64 queries, layer 1 the packed ones
     assert widths[0] == 64 and last_width < 64 and last_width % model_module.CPU_QUERY_BUCKET == 0
 
