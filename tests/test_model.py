@@ -193,8 +193,8 @@ def test_cpu_row_filler_chunked_loss_and_query_bucket_train_the_same(monkeypatch
 
     monkeypatch.setattr(model_module, "attention", spy)
     assert_sparse_trains_like_dense(ids, labels, max_seq_len=64)
-    last_width = widths[1]  # sparse run: layer 0 attends all 64 queries, layer 1 the packed ones
-    assert widths[0] == 64 and last_width < 64 and last_width % model_module.CPU_QUERY_BUCKET == 0
+    # Full layers run MatmulSelfAttention; only the last layer's packed queries reach `attention`.
+    assert len(widths) == 1 and widths[0] < 64 and widths[0] % model_module.CPU_QUERY_BUCKET == 0
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -342,6 +342,54 @@ def test_invalid_inputs_raise_clear_errors():
         MLMModel(make_cfg(vocab_size=0))
     with pytest.raises(ConfigError, match="special_token_ids"):
         MLMModel(make_cfg(special_token_ids=[VOCAB]))
+
+
+def test_matmul_self_attention_matches_sdpa_and_its_gradients():
+    """The CPU attention Function: SDPA's math-backend output (fp32, 1e-5), analytic gradients
+    equal to numerical ones (float64 gradcheck), and bf16 close to fp32."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from mlm.model import MatmulSelfAttention
+
+    b, s, H, D = 3, 10, 2, 4
+    g = torch.Generator().manual_seed(0)
+    qkv = torch.randn(b, s, 3 * H * D, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: MatmulSelfAttention.apply(t, H), (qkv,))
+    qkv32 = qkv.detach().float()
+    q, k, v = (t.transpose(1, 2) for t in qkv32.view(b, s, 3, H, D).unbind(2))  # (b, H, s, D)
+    with sdpa_kernel(SDPBackend.MATH):
+        ref = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b * s, H * D)
+    torch.testing.assert_close(MatmulSelfAttention.apply(qkv32, H), ref, atol=1e-5, rtol=1e-5)
+    low = MatmulSelfAttention.apply(qkv32.bfloat16(), H)
+    assert low.dtype == torch.bfloat16
+    torch.testing.assert_close(low.float(), ref, atol=3e-2, rtol=3e-2)
+
+
+@pytest.mark.parametrize("variant", [v for v in VARIANTS if v["position"] == "learned"], ids=variant_id)
+def test_packed_cpu_batches_use_the_attention_function_and_train_like_the_generic_path(variant, monkeypatch):
+    from mlm import model as model_module
+
+    ids, _, labels = make_batch()
+    calls = []
+    original = model_module.MatmulSelfAttention.apply
+
+    def spy(qkv, heads):
+        calls.append(qkv.shape)
+        return original(qkv, heads)
+
+    monkeypatch.setattr(model_module.MatmulSelfAttention, "apply", spy)
+    results = []
+    for function in (True, False):
+        if not function:
+            monkeypatch.setattr(model_module.SelfAttention, "_matmul_function_applies", lambda *a: False)
+        model = make_model(**variant).train()
+        loss = model(ids, labels=labels).loss
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad for n, p in model.named_parameters()}))
+    assert calls == [(3, 12, 3 * 32)]  # layer 0 of the first model only; the last layer packs its queries
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-6, atol=1e-6)
+    for name, grad in results[0][1].items():
+        torch.testing.assert_close(grad, results[1][1][name], rtol=1e-5, atol=1e-6, msg=name)
 
 
 @pytest.mark.parametrize("seq,queries", [(16, None), (128, None), (128, 48), (200, None), (200, 48)])
