@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from mlm.config import ConfigError, ModelConfig
+from mlm import model as model_module
 from mlm.model import MLMModel, MLMOutput
 
 SPECIAL = [0, 1, 2, 3, 4]
@@ -390,6 +391,61 @@ def test_packed_cpu_batches_use_the_attention_function_and_train_like_the_generi
     torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-6, atol=1e-6)
     for name, grad in results[0][1].items():
         torch.testing.assert_close(grad, results[1][1][name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.skipif(not model_module.ONEDNN_FP32_LINEAR, reason="needs an x86 CPU build of torch with oneDNN")
+@pytest.mark.parametrize("input_grad_min_rows", [1, 10**9], ids=["onednn-input-grad", "mkl-input-grad"])
+def test_onednn_linear_matches_f_linear_and_its_gradients(input_grad_min_rows, monkeypatch):
+    monkeypatch.setattr(model_module, "ONEDNN_INPUT_GRAD_MIN_ROWS", input_grad_min_rows)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 50, 24, generator=g, requires_grad=True)
+    weight = (0.2 * torch.randn(40, 24, generator=g)).requires_grad_()
+    bias = torch.randn(40, generator=g, requires_grad=True)
+    for b in (bias, None):
+        out = model_module.OneDNNLinear.apply(x, weight, b)
+        ref = F.linear(x.double(), weight.double(), None if b is None else b.double())
+        assert out.shape == (3, 50, 40) and out.dtype == torch.float32
+        torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+        upstream = torch.randn(3, 50, 40, generator=g)
+        inputs = (x, weight) if b is None else (x, weight, b)
+        grads = torch.autograd.grad(out, inputs, upstream)
+        ref_grads = torch.autograd.grad(ref, inputs, upstream.double())
+        for got, want in zip(grads, ref_grads):
+            torch.testing.assert_close(got.double(), want.double(), rtol=1e-5, atol=1e-4)
+
+
+def test_linear_layers_use_onednn_only_in_fp32_eager_cpu_and_train_the_same(monkeypatch):
+    calls = []
+    original = model_module.OneDNNLinear.apply
+
+    def spy(x, weight, bias):
+        calls.append(tuple(weight.shape))
+        return original(x, weight, bias)
+
+    monkeypatch.setattr(model_module.OneDNNLinear, "apply", spy)
+    ids, _, labels = make_batch()
+    available = model_module.ONEDNN_FP32_LINEAR
+    results = []
+    for onednn in (available, False):
+        monkeypatch.setattr(model_module, "ONEDNN_FP32_LINEAR", onednn)
+        model = make_model().train()
+        loss = model(ids, labels=labels).loss
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad for n, p in model.named_parameters()}))
+    if available:
+        # every linear of the first model: per layer qkv, out, up, down (last layer: k/v and q
+        # slices instead of qkv), then the head's dense and the tied decoder
+        assert len(calls) == 4 + 5 + 2 and (VOCAB, 32) in calls
+    else:
+        assert calls == []
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-6, atol=1e-6)
+    for name, grad in results[0][1].items():
+        torch.testing.assert_close(grad, results[1][1][name], rtol=1e-5, atol=1e-6, msg=name)
+    calls.clear()
+    monkeypatch.setattr(model_module, "ONEDNN_FP32_LINEAR", True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        make_model()(ids, labels=labels)
+    assert calls == []  # bf16 autocast keeps F.linear (torch runs it on oneDNN already)
 
 
 @pytest.mark.parametrize("seq,queries", [(16, None), (128, None), (128, 48), (200, None), (200, 48)])
