@@ -46,6 +46,7 @@ from typing import NamedTuple, Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from mlm.config import ConfigError, ModelConfig
 
@@ -123,11 +124,11 @@ class RotaryEmbedding(nn.Module):
 
 
 def _onednn_linear_available() -> bool:
-    """An x86 CPU build of torch with oneDNN and its dense linear op, `mkldnn._linear_pointwise`
-    (the op inductor's CPU backend lowers linear layers to)."""
+    """An AVX-512 x86 CPU (where the speed-up was measured) and a torch build with oneDNN and its
+    dense linear op, `mkldnn._linear_pointwise` (the op inductor's CPU backend lowers linear
+    layers to)."""
     try:
-        return (torch.backends.mkldnn.is_available()
-                and torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+        return (torch.backends.mkldnn.is_available() and torch.backends.cpu.get_cpu_capability() == "AVX512"
                 and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
     except (AttributeError, RuntimeError):
         return False
@@ -156,32 +157,35 @@ class OneDNNLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
         rows = x.reshape(-1, x.shape[-1]).contiguous()  # (n, in)
-        ctx.save_for_backward(rows, weight)
+        ctx.save_for_backward(rows if ctx.needs_input_grad[1] else None, weight)
         ctx.has_bias, ctx.input_shape = bias is not None, x.shape
         return _onednn_linear(rows, weight, bias).view(*x.shape[:-1], weight.shape[0])  # (..., out)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad: Tensor) -> tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
         rows, weight = ctx.saved_tensors
         grad = grad.reshape(-1, grad.shape[-1]).contiguous()  # (n, out)
         grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            if grad.shape[0] >= ONEDNN_INPUT_GRAD_MIN_ROWS:
-                grad_x = _onednn_linear(grad, weight.t().contiguous(), None)  # (n, in)
-            else:
-                grad_x = grad @ weight
-            grad_x = grad_x.view(ctx.input_shape)
-        if ctx.needs_input_grad[1]:
-            grad_w = grad.t() @ rows  # (out, in)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = grad.sum(0)
+        with torch.autocast("cpu", enabled=False):  # fp32 gradients, even if backward runs under autocast
+            if ctx.needs_input_grad[0]:
+                if grad.shape[0] >= ONEDNN_INPUT_GRAD_MIN_ROWS:
+                    grad_x = _onednn_linear(grad, weight.t().contiguous(), None)  # (n, in)
+                else:
+                    grad_x = grad @ weight
+                grad_x = grad_x.view(ctx.input_shape)
+            if ctx.needs_input_grad[1]:
+                grad_w = grad.t() @ rows  # (out, in)
+            if ctx.has_bias and ctx.needs_input_grad[2]:
+                grad_b = grad.sum(0)
         return grad_x, grad_w, grad_b
 
 
 def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
-    """`F.linear`, through `OneDNNLinear` for fp32 on x86 CPUs in eager mode."""
-    if (ONEDNN_FP32_LINEAR and x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
-            and x.numel() > 0 and weight.is_contiguous()
+    """`F.linear`, through `OneDNNLinear` for fp32 on AVX-512 CPUs in eager mode (off with
+    `torch.backends.mkldnn.flags(enabled=False)`)."""
+    if (ONEDNN_FP32_LINEAR and torch.backends.mkldnn.enabled and x.device.type == "cpu"
+            and x.dtype == weight.dtype == torch.float32 and x.numel() > 0 and weight.is_contiguous()
             and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling()):
         return OneDNNLinear.apply(x, weight, bias)
     return F.linear(x, weight, bias)
@@ -243,7 +247,7 @@ class MatmulSelfAttention(torch.autograd.Function):
         D = h // num_heads
         with torch.autocast("cpu", enabled=False):
             qkv = qkv.view(b, s, 3, num_heads, D).permute(2, 0, 3, 1, 4).reshape(3, b * num_heads, s, D)
-            q, k, v = qkv.unbind(0)  # (b*H, s, D) each, contiguous
+            q, k, v = qkv.unbind(0)  # (b*H, s, D) each
             unused = q.new_empty(1, 1, 1).expand(b * num_heads, s, s)  # baddbmm's input, ignored at beta=0
             scores = torch.baddbmm(unused, q, k.transpose(1, 2), beta=0, alpha=D ** -0.5)  # (b*H, s, s)
             probs = torch.softmax(scores, dim=-1)
@@ -253,16 +257,19 @@ class MatmulSelfAttention(torch.autograd.Function):
         return o.view(b, num_heads, s, D).transpose(1, 2).reshape(b * s, h)  # (b*s, h)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # grad: (b*s, h)
         qkv, probs = ctx.saved_tensors
         q, k, v = qkv.unbind(0)
         b, s, H, D = ctx.shape
-        grad = grad.view(b, s, H, D).transpose(1, 2).reshape(b * H, s, D).to(qkv.dtype)
-        out = torch.empty_like(qkv)  # (3, b*H, s, D): gradients of q, k, v
-        torch.bmm(probs.transpose(1, 2), grad, out=out[2])
-        grad_scores = torch._softmax_backward_data(grad @ v.transpose(1, 2), probs, -1, probs.dtype)  # (b*H, s, s)
-        torch.baddbmm(out[0], grad_scores, k, beta=0, alpha=D ** -0.5, out=out[0])
-        torch.baddbmm(out[1], grad_scores.transpose(1, 2), q, beta=0, alpha=D ** -0.5, out=out[1])
+        with torch.autocast("cpu", enabled=False):
+            grad = grad.view(b, s, H, D).transpose(1, 2).reshape(b * H, s, D).to(qkv.dtype)  # (b*H, s, D)
+            out = torch.empty_like(qkv)  # (3, b*H, s, D): gradients of q, k, v
+            torch.bmm(probs.transpose(1, 2), grad, out=out[2])  # dv
+            # softmax backward, probs * (g - sum(g * probs, -1)), in one fused kernel
+            grad_scores = torch._softmax_backward_data(grad @ v.transpose(1, 2), probs, -1, probs.dtype)
+            torch.baddbmm(out[0], grad_scores, k, beta=0, alpha=D ** -0.5, out=out[0])  # dq
+            torch.baddbmm(out[1], grad_scores.transpose(1, 2), q, beta=0, alpha=D ** -0.5, out=out[1])  # dk
         return out.view(3, b, H, s, D).permute(1, 3, 0, 2, 4).reshape(b, s, 3 * H * D), None
 
 
@@ -304,8 +311,8 @@ class SelfAttention(nn.Module):
     def _matmul_function_applies(self, qkv: Tensor, layout: TokenLayout) -> bool:
         """Packed CPU batches in eager mode: no key mask, no rotary, no attention dropout,
         short sequences. Everything else goes through `attention`."""
-        return (qkv.device.type == "cpu" and not torch.compiler.is_compiling() and layout.key_mask is None
-                and self.rotary is None and not (self.training and self.attention_dropout > 0)
+        return (qkv.device.type == "cpu" and not torch.compiler.is_compiling()
+                and layout.key_mask is None and layout.index is None and self.rotary is None and not (self.training and self.attention_dropout > 0)
                 and layout.seq <= CPU_MATMUL_ATTENTION_MAX_LEN)
 
     def _forward_queries(self, x: Tensor, layout: TokenLayout, queries: Tensor) -> Tensor:

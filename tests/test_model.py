@@ -352,18 +352,28 @@ def test_matmul_self_attention_matches_sdpa_and_its_gradients():
 
     from mlm.model import MatmulSelfAttention
 
-    b, s, H, D = 3, 10, 2, 4
     g = torch.Generator().manual_seed(0)
+    for b, H in ((1, 1), (1, 2), (3, 1)):  # shapes where q, k, v are views of the input
+        qkv = torch.randn(b, 5, 3 * H * 4, generator=g, dtype=torch.float64, requires_grad=True)
+        assert torch.autograd.gradcheck(lambda t: MatmulSelfAttention.apply(t, H), (qkv,))
+    b, s, H, D = 3, 10, 2, 4
     qkv = torch.randn(b, s, 3 * H * D, generator=g, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda t: MatmulSelfAttention.apply(t, H), (qkv,))
-    qkv32 = qkv.detach().float()
+    qkv32 = qkv.detach().float().requires_grad_()
     q, k, v = (t.transpose(1, 2) for t in qkv32.view(b, s, 3, H, D).unbind(2))  # (b, H, s, D)
     with sdpa_kernel(SDPBackend.MATH):
         ref = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b * s, H * D)
-    torch.testing.assert_close(MatmulSelfAttention.apply(qkv32, H), ref, atol=1e-5, rtol=1e-5)
-    low = MatmulSelfAttention.apply(qkv32.bfloat16(), H)
-    assert low.dtype == torch.bfloat16
-    torch.testing.assert_close(low.float(), ref, atol=3e-2, rtol=3e-2)
+    upstream = torch.randn(b * s, H * D, generator=g)
+    (ref_grad,) = torch.autograd.grad(ref, qkv32, upstream)
+    out = MatmulSelfAttention.apply(qkv32, H)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(torch.autograd.grad(out, qkv32, upstream)[0], ref_grad, atol=1e-5, rtol=1e-5)
+    qkv16 = qkv32.detach().bfloat16().requires_grad_()
+    low = MatmulSelfAttention.apply(qkv16, H)
+    (low_grad,) = torch.autograd.grad(low, qkv16, upstream.bfloat16())
+    assert low.dtype == low_grad.dtype == torch.bfloat16
+    torch.testing.assert_close(low.float(), ref.detach(), atol=3e-2, rtol=3e-2)
+    torch.testing.assert_close(low_grad.float(), ref_grad, atol=5e-2, rtol=5e-2)
 
 
 @pytest.mark.parametrize("variant", [v for v in VARIANTS if v["position"] == "learned"], ids=variant_id)
@@ -401,12 +411,14 @@ def test_onednn_linear_matches_f_linear_and_its_gradients(input_grad_min_rows, m
     x = torch.randn(3, 50, 24, generator=g, requires_grad=True)
     weight = (0.2 * torch.randn(40, 24, generator=g)).requires_grad_()
     bias = torch.randn(40, generator=g, requires_grad=True)
-    for b in (bias, None):
+    strided = torch.randn(24, 50, generator=g).t().requires_grad_()  # (50, 24), not contiguous
+    single = torch.randn(24, generator=g, requires_grad=True)  # one row, 1-D
+    for x, b in ((x, bias), (x, None), (strided, bias), (single, bias)):
         out = model_module.OneDNNLinear.apply(x, weight, b)
         ref = F.linear(x.double(), weight.double(), None if b is None else b.double())
-        assert out.shape == (3, 50, 40) and out.dtype == torch.float32
+        assert out.shape == (*x.shape[:-1], 40) and out.dtype == torch.float32
         torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
-        upstream = torch.randn(3, 50, 40, generator=g)
+        upstream = torch.randn(out.shape, generator=g)
         inputs = (x, weight) if b is None else (x, weight, b)
         grads = torch.autograd.grad(out, inputs, upstream)
         ref_grads = torch.autograd.grad(ref, inputs, upstream.double())

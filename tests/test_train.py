@@ -289,10 +289,12 @@ def test_plot_draws_the_curves(reference_run, tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_compiled_train_step_matches_eager(corpus_file, data_cache, tmp_path):
+def test_compiled_train_step_matches_eager(corpus_file, data_cache, tmp_path, monkeypatch):
     """`train.compile=true` wraps the model in torch.compile(dynamic=True), the path CUDA users
     take. Traced by Dynamo and AOTAutograd (the `aot_eager` backend: no C++ compiler needed,
     the model's compile-time branches all taken), the step computes eager's loss and update."""
+    from mlm import model as model_module
+
     cfg, model_a, batch = _one_step_setup(corpus_file, data_cache, tmp_path)
     model_b = type(model_a)(model_a.cfg)
     model_b.load_state_dict(model_a.state_dict())
@@ -301,7 +303,15 @@ def test_compiled_train_step_matches_eager(corpus_file, data_cache, tmp_path):
     for model, compiled in ((model_a, False), (model_b, True)):
         opt = build_optimizer(model, cfg.train, rt.device)
         step_model = torch.compile(model, dynamic=True, backend="aot_eager") if compiled else model
-        results.append(train_step(step_model, opt, split_for_rank(batch, 0, 1, 32, 1), rt, 1.0))
+        calls = []
+        with monkeypatch.context() as patch:  # the eager-only oneDNN linear stays out of compiled code
+            spy = lambda *a, f=model_module._onednn_linear: calls.append(a[0].shape) or f(*a)  # noqa: E731
+            patch.setattr(model_module, "_onednn_linear", spy)
+            results.append(train_step(step_model, opt, split_for_rank(batch, 0, 1, 32, 1), rt, 1.0))
+        if compiled:
+            assert calls == []
+        else:
+            assert calls or not model_module.ONEDNN_FP32_LINEAR
     assert results[0].masked_tokens == results[1].masked_tokens > 0
     assert abs(results[0].loss - results[1].loss) < 1e-4
     for (name, pa), pb in zip(model_a.named_parameters(), model_b.parameters()):
