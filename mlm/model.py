@@ -13,7 +13,7 @@ Where the time goes, and what this file does about it:
   on GPU, the fused kernel on CPU), except short sequences on CPU, where two batched
   matmuls beat the fused kernel (measured; see `attention`); packed CPU batches run them in
   one autograd Function with fewer layout copies (`MatmulSelfAttention`).
-* fp32 linear layers on x86 CPUs compute their forward product (and, for large batches, the
+* fp32 linear layers on AVX-512 CPUs compute their forward product (and, for large batches, the
   input gradient) with oneDNN's GEMM, which is faster there than torch's default (`OneDNNLinear`).
 * Mixed precision: every op runs under `torch.autocast` (CPU bf16, CUDA bf16/fp16);
   the cross-entropy is computed in fp32 (from bf16 logits, without an fp32 copy kept).
