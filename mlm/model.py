@@ -123,6 +123,12 @@ class RotaryEmbedding(nn.Module):
         return x * cos + rotated * sin
 
 
+def _cpu_eager(t: Tensor) -> bool:
+    """Where the CPU-only paths below apply: CPU tensors outside torch.compile (compiled code
+    fuses ops and plans its buffers itself)."""
+    return t.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
 def _onednn_linear_available() -> bool:
     """An AVX-512 x86 CPU (where the speed-up was measured) and a torch build with oneDNN and its
     dense linear op, `mkldnn._linear_pointwise` (the op inductor's CPU backend lowers linear
@@ -184,9 +190,9 @@ class OneDNNLinear(torch.autograd.Function):
 def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
     """`F.linear`, through `OneDNNLinear` for fp32 on AVX-512 CPUs in eager mode (off with
     `torch.backends.mkldnn.flags(enabled=False)`)."""
-    if (ONEDNN_FP32_LINEAR and torch.backends.mkldnn.enabled and x.device.type == "cpu"
+    if (ONEDNN_FP32_LINEAR and torch.backends.mkldnn.enabled and _cpu_eager(x)
             and x.dtype == weight.dtype == torch.float32 and x.numel() > 0 and weight.is_contiguous()
-            and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling()):
+            and not torch.is_autocast_enabled("cpu")):
         return OneDNNLinear.apply(x, weight, bias)
     return F.linear(x, weight, bias)
 
@@ -311,8 +317,8 @@ class SelfAttention(nn.Module):
     def _matmul_function_applies(self, qkv: Tensor, layout: TokenLayout) -> bool:
         """Packed CPU batches in eager mode: no key mask, no rotary, no attention dropout,
         short sequences. Everything else goes through `attention`."""
-        return (qkv.device.type == "cpu" and not torch.compiler.is_compiling()
-                and layout.key_mask is None and layout.index is None and self.rotary is None and not (self.training and self.attention_dropout > 0)
+        return (_cpu_eager(qkv) and layout.key_mask is None and layout.index is None
+                and self.rotary is None and not (self.training and self.attention_dropout > 0)
                 and layout.seq <= CPU_MATMUL_ATTENTION_MAX_LEN)
 
     def _forward_queries(self, x: Tensor, layout: TokenLayout, queries: Tensor) -> Tensor:
@@ -631,7 +637,7 @@ class MLMModel(nn.Module):
         predict = flat_labels != IGNORE_INDEX
         picked = predict.nonzero().squeeze(1)  # (m,) token rows
         m = picked.shape[0]
-        cpu_eager = picked.device.type == "cpu" and not torch.compiler.is_compiling()
+        cpu_eager = _cpu_eager(picked)
         if cpu_eager:
             picked = _round_up_rows(picked, predict)  # (m',) m' >= m; the filler rows are unlabelled
         target = flat_labels[picked]  # (m',)

@@ -146,10 +146,23 @@ def test_loss_is_cross_entropy_of_dense_logits_and_sum_is_mean_times_count():
     assert mean.loss.dtype == torch.float32
 
 
+def backward_of(model: MLMModel, loss: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(loss, gradient of every parameter) after `loss.backward()`."""
+    loss.backward()
+    return loss.detach(), {n: p.grad for n, p in model.named_parameters()}
+
+
+def assert_same_training(a, b, loss_rtol: float, grad_rtol: float, atol: float = 1e-6) -> None:
+    """Two `backward_of` results: equal losses, equal gradients for every parameter."""
+    torch.testing.assert_close(a[0], b[0], rtol=loss_rtol, atol=atol)
+    for name, grad in a[1].items():
+        torch.testing.assert_close(grad, b[1][name], rtol=grad_rtol, atol=atol, msg=name)
+
+
 def assert_sparse_trains_like_dense(ids, labels, **overrides) -> None:
     """The model's own loss (sparse head, CPU filler rows, chunked loss) and the cross-entropy
     of its dense logits: equal values, and equal gradients for every parameter."""
-    losses, grads = [], []
+    results = []
     for sparse in (True, False):
         model = make_model(**overrides).train()
         if sparse:
@@ -157,12 +170,8 @@ def assert_sparse_trains_like_dense(ids, labels, **overrides) -> None:
         else:
             logits = model(ids).logits
             loss = F.cross_entropy(logits.reshape(-1, VOCAB), labels.reshape(-1), ignore_index=-100)
-        loss.backward()
-        losses.append(loss.detach())
-        grads.append({n: p.grad for n, p in model.named_parameters()})
-    torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=1e-6)
-    for name, grad in grads[0].items():
-        torch.testing.assert_close(grad, grads[1][name], rtol=1e-4, atol=1e-6, msg=name)
+        results.append(backward_of(model, loss))
+    assert_same_training(*results, loss_rtol=1e-5, grad_rtol=1e-4)
 
 
 @pytest.mark.parametrize("fraction", [0.3, 1.0])
@@ -178,8 +187,6 @@ def test_cpu_row_filler_chunked_loss_and_query_bucket_train_the_same(monkeypatch
     """At a size where the CPU eager path pads the labelled rows to a multiple of 64 (filler
     rows), computes the loss in 64-row chunks and pads the last layer's queries to a multiple
     of 16 narrower than the sequence, loss and gradients equal the dense model's."""
-    from mlm import model as model_module
-
     g = torch.Generator().manual_seed(3)
     ids = torch.randint(len(SPECIAL), VOCAB, (6, 64), generator=g)
     labels = torch.where(torch.rand(6, 64, generator=g) < 0.25, ids, torch.full_like(ids, -100))
@@ -378,8 +385,6 @@ def test_matmul_self_attention_matches_sdpa_and_its_gradients():
 
 @pytest.mark.parametrize("variant", [v for v in VARIANTS if v["position"] == "learned"], ids=variant_id)
 def test_packed_cpu_batches_use_the_attention_function_and_train_like_the_generic_path(variant, monkeypatch):
-    from mlm import model as model_module
-
     ids, _, labels = make_batch()
     calls = []
     original = model_module.MatmulSelfAttention.apply
@@ -394,16 +399,12 @@ def test_packed_cpu_batches_use_the_attention_function_and_train_like_the_generi
         if not function:
             monkeypatch.setattr(model_module.SelfAttention, "_matmul_function_applies", lambda *a: False)
         model = make_model(**variant).train()
-        loss = model(ids, labels=labels).loss
-        loss.backward()
-        results.append((loss.detach(), {n: p.grad for n, p in model.named_parameters()}))
+        results.append(backward_of(model, model(ids, labels=labels).loss))
     assert calls == [(3, 12, 3 * 32)]  # layer 0 of the first model only; the last layer packs its queries
-    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-6, atol=1e-6)
-    for name, grad in results[0][1].items():
-        torch.testing.assert_close(grad, results[1][1][name], rtol=1e-5, atol=1e-6, msg=name)
+    assert_same_training(*results, loss_rtol=1e-6, grad_rtol=1e-5)
 
 
-@pytest.mark.skipif(not model_module.ONEDNN_FP32_LINEAR, reason="needs an x86 CPU build of torch with oneDNN")
+@pytest.mark.skipif(not model_module.ONEDNN_FP32_LINEAR, reason="needs an AVX-512 CPU and a torch build with oneDNN")
 @pytest.mark.parametrize("input_grad_min_rows", [1, 10**9], ids=["onednn-input-grad", "mkl-input-grad"])
 def test_onednn_linear_matches_f_linear_and_its_gradients(input_grad_min_rows, monkeypatch):
     monkeypatch.setattr(model_module, "ONEDNN_INPUT_GRAD_MIN_ROWS", input_grad_min_rows)
@@ -441,18 +442,14 @@ def test_linear_layers_use_onednn_only_in_fp32_eager_cpu_and_train_the_same(monk
     for onednn in (available, False):
         monkeypatch.setattr(model_module, "ONEDNN_FP32_LINEAR", onednn)
         model = make_model().train()
-        loss = model(ids, labels=labels).loss
-        loss.backward()
-        results.append((loss.detach(), {n: p.grad for n, p in model.named_parameters()}))
+        results.append(backward_of(model, model(ids, labels=labels).loss))
     if available:
         # every linear of the first model: per layer qkv, out, up, down (last layer: k/v and q
         # slices instead of qkv), then the head's dense and the tied decoder
         assert len(calls) == 4 + 5 + 2 and (VOCAB, 32) in calls
     else:
         assert calls == []
-    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-6, atol=1e-6)
-    for name, grad in results[0][1].items():
-        torch.testing.assert_close(grad, results[1][1][name], rtol=1e-5, atol=1e-6, msg=name)
+    assert_same_training(*results, loss_rtol=1e-6, grad_rtol=1e-5)
     calls.clear()
     monkeypatch.setattr(model_module, "ONEDNN_FP32_LINEAR", True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
