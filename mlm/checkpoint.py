@@ -195,12 +195,12 @@ def load_trainer_state(path: str | Path) -> dict[str, Any]:
 
 def load_pretrained(path: str | Path, device: str | torch.device = "cpu"):
     """(model, tokenizer) from a checkpoint folder or a run's output_dir (its newest valid checkpoint)."""
-    from mlm.config import ModelConfig, _build
+    from mlm.config import ModelConfig, from_dict
     from mlm.model import MLMModel
     from mlm.tokenizer import load_tokenizer
 
     ckpt = resolve_checkpoint(path)
-    cfg = _build(ModelConfig, load_model_config(ckpt), prefix="model.")
+    cfg = from_dict(ModelConfig, load_model_config(ckpt), prefix="model.")
     model = MLMModel(cfg)
     state = load_model_weights(ckpt)
     missing, unexpected = model.load_state_dict(state, strict=False)

@@ -45,8 +45,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mlm.config import Config, ConfigError, ModelConfig, TrainConfig, _build, _choice, _nonnegative, _positive, \
-    config_to_dict, load_config
+from mlm.config import Config, ConfigError, ModelConfig, TrainConfig, config_to_dict, from_dict, load_config
+from mlm.schema import require_choice as _choice, require_nonnegative as _nonnegative, require_positive as _positive
 from mlm.errors import UserError, run_cli
 from mlm.tokenizer import PAD
 
@@ -315,7 +315,7 @@ def build_encoder(cfg: FinetuneConfig) -> tuple[nn.Module, Any]:
         return load_pretrained(cfg.init_from)
     if cfg.architecture_from:
         ckpt = resolve_checkpoint(cfg.architecture_from)
-        model_cfg = _build(ModelConfig, load_model_config(ckpt), prefix="model.")
+        model_cfg = from_dict(ModelConfig, load_model_config(ckpt), prefix="model.")
         tokenizer = load_tokenizer(cfg.tokenizer or ckpt / TOKENIZER_FILE)
         if cfg.tokenizer:
             model_cfg.vocab_size = 0  # another tokenizer: its vocabulary decides

@@ -97,6 +97,20 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     return tok
 
 
+def text_encoder(tokenizer: Tokenizer, max_length: int = 0) -> Tokenizer:
+    """The copy of `tokenizer` that every consumer encodes text with (pretraining data, fine-tuning,
+    probing, scoring): a literal "[MASK]" or "[SEP]" in the text is read as text, never as the special
+    token, no padding, and truncation only when `max_length` > 0. The tokenizer passed in is unchanged."""
+    tok = Tokenizer.from_str(tokenizer.to_str())
+    tok.no_padding()
+    if max_length > 0:
+        tok.enable_truncation(max_length=max_length)
+    else:
+        tok.no_truncation()
+    tok.encode_special_tokens = True
+    return tok
+
+
 def tokenizer_hash(tokenizer: Tokenizer) -> str:
     """A short content hash: caches built with one tokenizer are never reused with another."""
     canonical = json.dumps(json.loads(tokenizer.to_str()), sort_keys=True)

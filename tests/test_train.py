@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, tiny_overrides
+from helpers import REPO, tiny_overrides
 from mlm import checkpoint as ck
 from mlm.config import load_config
 from mlm.errors import UserError

@@ -48,7 +48,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from mlm.config import ConfigError, ModelConfig
+from mlm.model.config import ModelConfig
+from mlm.schema import ConfigError
 
 IGNORE_INDEX = -100
 
