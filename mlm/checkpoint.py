@@ -7,21 +7,36 @@ position, RNGs; read with `torch.load(weights_only=True)`, never unpickled freel
 `manifest.json` (size and SHA-256 of every file), written last. The folder is built under a
 temporary name, fsynced, then renamed, so a crash mid-save leaves the previous checkpoint
 as the newest complete one; a folder whose files don't match its manifest is skipped.
+
+This module is the only writer and reader of checkpoint folders: pretraining, fine-tuning (which
+adds its head's files) and the transformers import all save through `save_checkpoint`. It also
+holds the Stateful parts of a trainer state that are not the model: the optimizer gathered to
+full tensors (also under FSDP2) and the RNG states.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import random
 import re
 import shutil
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                     get_optimizer_state_dict, set_optimizer_state_dict)
 
 from mlm.errors import UserError
+from mlm.model import INIT_ONLY_KEYS, MLMModel, ModelConfig
+from mlm.schema import from_dict
+from mlm.tokenizer import load_tokenizer
 
 MODEL_FILE = "model.safetensors"
 MODEL_CONFIG_FILE = "model_config.json"
@@ -54,12 +69,21 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def save_checkpoint(root: str | Path, step: int, model_state: dict[str, torch.Tensor],
-                    model_config: dict[str, Any], tokenizer_json: str, run_config_yaml: str,
-                    trainer_state: dict[str, Any] | None, keep: int = 0) -> Path:
-    """Write `root/step_<step>/` atomically and prune to the newest `keep` (0: keep all)."""
-    from safetensors.torch import save_file
+@dataclass
+class CheckpointContents:
+    """What one checkpoint folder holds. `extra_tensors` / `extra_json` are further files covered by
+    the manifest (fine-tuning's head: `classifier.safetensors`, `classifier.json`)."""
+    model_state: dict[str, torch.Tensor]
+    model_config: dict[str, Any]
+    tokenizer_json: str
+    run_config_yaml: str
+    trainer_state: dict[str, Any] | None = None
+    extra_tensors: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    extra_json: dict[str, Any] = field(default_factory=dict)
 
+
+def save_checkpoint(root: str | Path, step: int, contents: CheckpointContents, keep: int = 0) -> Path:
+    """Write `root/step_<step>/` atomically and prune to the newest `keep` (0: keep all)."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step}"
@@ -67,15 +91,7 @@ def save_checkpoint(root: str | Path, step: int, model_state: dict[str, torch.Te
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    # safetensors refuses shared storage (tied embeddings): store contiguous copies, the
-    # model re-ties on load because only the input embedding is a real parameter.
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model_state.items()}
-    save_file(tensors, str(tmp / MODEL_FILE), metadata={"format": "pt", "step": str(step)})
-    (tmp / MODEL_CONFIG_FILE).write_text(json.dumps(model_config, indent=2), encoding="utf-8")
-    (tmp / TOKENIZER_FILE).write_text(tokenizer_json, encoding="utf-8")
-    (tmp / RUN_CONFIG_FILE).write_text(run_config_yaml, encoding="utf-8")
-    if trainer_state is not None:
-        torch.save(trainer_state, tmp / STATE_FILE)
+    _write_files(tmp, step, contents)
     files = sorted(p.name for p in tmp.iterdir())
     for name in files:
         with open(tmp / name, "rb") as fh:
@@ -95,6 +111,23 @@ def save_checkpoint(root: str | Path, step: int, model_state: dict[str, torch.Te
         for old in list_checkpoints(root)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _write_files(folder: Path, step: int, contents: CheckpointContents) -> None:
+    # safetensors refuses shared storage (tied embeddings): store contiguous copies, the
+    # model re-ties on load because only the input embedding is a real parameter.
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in contents.model_state.items()}
+    save_file(tensors, str(folder / MODEL_FILE), metadata={"format": "pt", "step": str(step)})
+    (folder / MODEL_CONFIG_FILE).write_text(json.dumps(contents.model_config, indent=2), encoding="utf-8")
+    (folder / TOKENIZER_FILE).write_text(contents.tokenizer_json, encoding="utf-8")
+    (folder / RUN_CONFIG_FILE).write_text(contents.run_config_yaml, encoding="utf-8")
+    if contents.trainer_state is not None:
+        torch.save(contents.trainer_state, folder / STATE_FILE)
+    for name, state in contents.extra_tensors.items():
+        save_file({k: v.detach().to("cpu").contiguous() for k, v in state.items()}, str(folder / name),
+                  metadata={"format": "pt"})
+    for name, value in contents.extra_json.items():
+        (folder / name).write_text(json.dumps(value, indent=2), encoding="utf-8")
 
 
 def list_checkpoints(root: str | Path) -> list[Path]:
@@ -166,17 +199,27 @@ def load_model_config(path: str | Path) -> dict[str, Any]:
         raise UserError(f"{f}: not valid JSON") from None
 
 
-def load_model_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    f = Path(path) / MODEL_FILE
+def load_model_weights(path: str | Path, name: str = MODEL_FILE) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file of the checkpoint (the model's by default)."""
+    f = Path(path) / name
     if not f.is_file():
-        raise UserError(f"{f}: missing model weights")
+        raise UserError(f"{f}: missing weights file")
     try:
         return load_file(str(f))
     except (SafetensorError, OSError, ValueError) as err:
         raise UserError(f"{f}: unreadable safetensors file ({err})") from None
+
+
+def check_resumable(checkpoint: str | Path, current: dict[str, Any]) -> None:
+    """Refuse to resume when the model config changed since `checkpoint` (init-only keys aside)."""
+    saved = load_model_config(checkpoint)
+    saved = {**{k: current[k] for k in INIT_ONLY_KEYS if k in current}, **saved}  # absent from older checkpoints
+    diffs = [k for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
+    if diffs:
+        k = diffs[0]
+        raise UserError(f"{checkpoint}: cannot resume, the model config changed (model.{k}: checkpoint has "
+                        f"{saved.get(k)!r}, config now has {current.get(k)!r}); use a new output_dir or restore "
+                        "the config")
 
 
 def load_trainer_state(path: str | Path) -> dict[str, Any]:
@@ -195,10 +238,6 @@ def load_trainer_state(path: str | Path) -> dict[str, Any]:
 
 def load_pretrained(path: str | Path, device: str | torch.device = "cpu"):
     """(model, tokenizer) from a checkpoint folder or a run's output_dir (its newest valid checkpoint)."""
-    from mlm.config import ModelConfig, from_dict
-    from mlm.model import MLMModel
-    from mlm.tokenizer import load_tokenizer
-
     ckpt = resolve_checkpoint(path)
     cfg = from_dict(ModelConfig, load_model_config(ckpt), prefix="model.")
     model = MLMModel(cfg)
@@ -219,3 +258,54 @@ def _is_tied(model: torch.nn.Module, key: str) -> bool:
     if target is None:
         return False
     return any(p is target for k, p in params.items() if k != key)
+
+
+# ---------------------------------------------------------------- Stateful parts of the trainer state
+
+def unwrapped(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain module under DDP / torch.compile wrappers (saved without key surgery)."""
+    while True:
+        if hasattr(model, "module"):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def full_model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state_dict as full CPU tensors, also when FSDP2 shards it (a collective then)."""
+    return get_model_state_dict(unwrapped(model), options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def full_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The optimizer state keyed by parameter name, as full CPU tensors (a collective under FSDP2)."""
+    return get_optimizer_state_dict(unwrapped(model), optimizer,
+                                    options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_full_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                              state: dict[str, Any]) -> None:
+    set_optimizer_state_dict(unwrapped(model), optimizer, state, options=StateDictOptions(full_state_dict=True))
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, numpy-legacy, torch (and CUDA) generator states, as plain types and tensors only."""
+    np_state = np.random.get_state(legacy=False)  # loadable with weights_only=True
+    np_state["state"] = {"key": np_state["state"]["key"].tolist(), "pos": int(np_state["state"]["pos"])}
+    state = {"python": random.getstate(), "numpy": np_state, "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    pystate = state["python"]
+    random.setstate((pystate[0], tuple(pystate[1]), pystate[2]))
+    np_state = dict(state["numpy"])
+    np_state["state"] = {"key": np.asarray(np_state["state"]["key"], dtype=np.uint32),
+                         "pos": np_state["state"]["pos"]}
+    np.random.set_state(np_state)
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

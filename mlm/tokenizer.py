@@ -9,11 +9,14 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from mlm.errors import UserError
+
+if TYPE_CHECKING:
+    from mlm.model.config import ModelConfig
 
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 SPECIAL_TOKENS = [PAD, UNK, CLS, SEP, MASK]
@@ -33,6 +36,13 @@ def special_token_ids(tokenizer: Any) -> list[int]:
         return sorted(set(int(i) for i in tokenizer.all_special_ids))
     raise TypeError(f"cannot read special tokens from {type(tokenizer).__name__}; "
                     "pass a tokenizers.Tokenizer or a transformers tokenizer")
+
+
+def model_config_for(model_cfg: "ModelConfig", tokenizer: Tokenizer) -> "ModelConfig":
+    """The model config with the vocabulary facts taken from the tokenizer: size (when 0), pad id and
+    special ids (the one source of the ids the model sets to -inf and the collator never selects)."""
+    return model_cfg.with_vocabulary(tokenizer.get_vocab_size(), token_id(tokenizer, PAD),
+                                     special_token_ids(tokenizer))
 
 
 def token_id(tokenizer: Tokenizer, token: str) -> int:

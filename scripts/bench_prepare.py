@@ -80,7 +80,7 @@ def worker_encode(corpus: Path, tokenizer: Path, method: str) -> dict:
     prepare batches them. Timed: the call and freeing its result; not timed: reading the file."""
     from tokenizers import Tokenizer
 
-    import mlm.data as data
+    from mlm.data import pipeline
 
     tok = Tokenizer.from_file(str(tokenizer))
     tok.encode_special_tokens = True
@@ -113,7 +113,7 @@ def worker_encode(corpus: Path, tokenizer: Path, method: str) -> dict:
                 continue
             batch.append(text)
             chars += len(text)
-            if chars >= data._BATCH_CHARS or len(batch) >= data._BATCH_PIECES:
+            if chars >= pipeline.BATCH_CHARS or len(batch) >= pipeline.BATCH_PIECES:
                 run(batch)
                 batch, chars = [], 0
         if batch:

@@ -1,7 +1,18 @@
 """Plain helpers shared by the tests (fixtures live in conftest.py)."""
 from __future__ import annotations
 
+import functools
+from dataclasses import asdict
 from pathlib import Path
+
+import pydoc_data.topics as topics
+import torch
+
+from mlm import checkpoint as ck
+from mlm.config import Config
+from mlm.model import MLMModel, ModelConfig
+from mlm.schema import to_yaml
+from mlm.tokenizer import PAD, special_token_ids, train_tokenizer
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "tests" / "fixtures"
@@ -40,3 +51,33 @@ def tiny_overrides(corpus: Path, cache: Path, out: Path, **extra: object) -> lis
     }
     values.update(extra)
     return [f"{k}={v}" for k, v in values.items()]
+
+
+def topic_texts(n: int = 120) -> list[str]:
+    return [topics.topics[k] for k in sorted(topics.topics)][:n]
+
+
+@functools.lru_cache(maxsize=1)
+def tiny_tokenizer():
+    """A 600-token tokenizer trained on the first pydoc topics (trained once per test session)."""
+    return train_tokenizer(topic_texts(), 600)
+
+
+def tiny_checkpoint(root: Path, *, seed: int = 0, noise: float = 0.0, seq_len: int = 32, **model_options) -> Path:
+    """Save a tiny random MLMModel + tokenizer as `root/checkpoints/step_1`; `noise` perturbs every
+    weight (norms and biases included) so that a wrong weight mapping cannot go unnoticed."""
+    tok = tiny_tokenizer()
+    options = dict(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_seq_len=64)
+    options.update(model_options)
+    cfg = ModelConfig(vocab_size=tok.get_vocab_size(), pad_token_id=tok.token_to_id(PAD),
+                      special_token_ids=special_token_ids(tok), **options)
+    torch.manual_seed(seed)
+    model = MLMModel(cfg)
+    if noise:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * noise)
+    run = Config(output_dir=str(root), model=cfg)
+    run.data.seq_len = seq_len
+    contents = ck.CheckpointContents(model.state_dict(), asdict(cfg), tok.to_str(), to_yaml(run))
+    return ck.save_checkpoint(root / "checkpoints", 1, contents)

@@ -12,8 +12,9 @@ from mlm.errors import UserError
 
 def _save(root, step, keep=0, value=1.0):
     state = {"w": torch.full((4, 4), value), "b": torch.zeros(4)}
-    return ck.save_checkpoint(root, step, state, {"hidden_size": 4}, '{"tok": 1}', "a: 1\n",
-                              {"step": step, "optimizer": {"state": {}, "param_groups": []}}, keep=keep)
+    contents = ck.CheckpointContents(state, {"hidden_size": 4}, '{"tok": 1}', "a: 1\n",
+                                     {"step": step, "optimizer": {"state": {}, "param_groups": []}})
+    return ck.save_checkpoint(root, step, contents, keep=keep)
 
 
 def test_save_writes_every_part_and_a_manifest(tmp_path):
@@ -93,3 +94,31 @@ def test_resolve_accepts_run_dir_and_names_problems(tmp_path):
     (run / "checkpoints" / "step_7" / ck.TOKENIZER_FILE).unlink()
     with pytest.raises(UserError, match=r"broken checkpoint: .*tokenizer.json is missing"):
         ck.resolve_checkpoint(run / "checkpoints" / "step_7")
+
+
+def test_extra_files_are_written_and_covered_by_the_manifest(tmp_path):
+    contents = ck.CheckpointContents({"w": torch.ones(2)}, {"hidden_size": 2}, "{}", "a: 1\n",
+                                     extra_tensors={"head.safetensors": {"weight": torch.full((3,), 2.0)}},
+                                     extra_json={"head.json": {"labels": ["a", "b"]}})
+    path = ck.save_checkpoint(tmp_path, 1, contents)
+    assert ck.verify_checkpoint(path) is None
+    assert torch.equal(ck.load_model_weights(path, "head.safetensors")["weight"], torch.full((3,), 2.0))
+    (path / "head.json").write_text('{"labels": ["x"]}')
+    assert "head.json" in ck.verify_checkpoint(path)
+
+
+def test_resume_accepts_checkpoints_older_than_the_init_only_keys(tmp_path):
+    """A checkpoint written before model.init_std / model.scaled_residual_init existed still
+    resumes (they only shape step 0's weights); any other missing or changed key refuses."""
+    import json
+    from dataclasses import asdict
+
+    from mlm.model import ModelConfig
+
+    now = asdict(ModelConfig(vocab_size=100, special_token_ids=[0, 1, 2, 3, 4]))
+    old = {k: v for k, v in now.items() if k not in ("init_std", "scaled_residual_init")}
+    (tmp_path / ck.MODEL_CONFIG_FILE).write_text(json.dumps(old))
+    ck.check_resumable(tmp_path, now)
+    (tmp_path / ck.MODEL_CONFIG_FILE).write_text(json.dumps({k: v for k, v in old.items() if k != "rope_theta"}))
+    with pytest.raises(UserError, match=r"model.rope_theta: checkpoint has None"):
+        ck.check_resumable(tmp_path, now)

@@ -541,3 +541,61 @@ def test_strategies_that_need_words_or_weights_say_how_to_provide_them():
         MLMCollator(**KW, strategy="weighted")([[5, 6, 7]])
     with pytest.raises(ValueError, match=r"weights must be finite and >= 0"):
         MLMCollator(**KW, strategy="weighted")([{"input_ids": [5, 6], "weights": [1.0, -2.0]}])
+
+
+# ---------------------------------------------------------------------- seeding conventions of transformers
+
+
+def _transformers_reproducer() -> tuple[MLMCollator, list[list[int]]]:
+    make = MLMCollator(vocab_size=1000, mask_token_id=4, pad_token_id=0, special_token_ids=[0, 1, 2, 3, 4])
+    return make, [list(range(5, 1000))] * 2
+
+
+def test_unseeded_masks_follow_torch_manual_seed_like_transformers():
+    make = lambda: _transformers_reproducer()[0]  # noqa: E731
+    _, x = _transformers_reproducer()
+    torch.manual_seed(0)
+    a = make()(x)["labels"]
+    torch.manual_seed(0)
+    b = make()(x)["labels"]
+    assert torch.equal(a, b)
+    torch.manual_seed(1)
+    assert not torch.equal(make()(x)["labels"], a)
+
+
+def test_two_unseeded_calls_after_one_manual_seed_differ():
+    collator, x = _transformers_reproducer()
+    torch.manual_seed(0)
+    assert not torch.equal(collator(x)["labels"], collator(x)["labels"])
+
+
+def test_an_unseeded_run_differs_from_a_seeded_one_and_the_seeded_ignores_torch():
+    _, x = _transformers_reproducer()
+    options = dict(vocab_size=1000, mask_token_id=4, pad_token_id=0, special_token_ids=[0, 1, 2, 3, 4])
+    torch.manual_seed(0)
+    unseeded = MLMCollator(**options)(x)["labels"]
+    torch.manual_seed(0)
+    seeded = MLMCollator(**options, seed=0)(x)["labels"]
+    assert not torch.equal(unseeded, seeded)
+    torch.manual_seed(123)  # the own generator of a seeded collator does not read torch's
+    assert torch.equal(MLMCollator(**options, seed=0)(x)["labels"], seeded)
+
+
+@pytest.mark.parametrize("strategy", ["whole_word", "span"])
+@pytest.mark.parametrize("no_word", [None, -1])
+def test_tokens_without_a_word_are_never_selected_by_word_strategies(strategy, no_word):
+    # 40 words of 3 tokens each; every fourth word's tokens carry no word id (None / -1), e.g. the
+    # glue tokens a pre-tokenizer adds. transformers never selects them; neither do we.
+    ids, words = [], []
+    for w in range(40):
+        ids += [10 + 3 * w, 11 + 3 * w, 12 + 3 * w]
+        words += [no_word if w % 4 == 0 else w] * 3
+    example = {"input_ids": ids, "word_ids": words}
+    collator = MLMCollator(vocab_size=200, mask_token_id=4, pad_token_id=0, special_token_ids=[0, 1, 2, 3, 4],
+                           strategy=strategy, mlm_probability=0.3, seed=0)
+    labels = torch.cat([collator([example] * 8)["labels"] for _ in range(50)])  # (400, 120)
+    selected = labels != IGNORE_INDEX
+    wordless = torch.tensor([w % 4 == 0 for w in range(40) for _ in range(3)])
+    assert not selected[:, wordless].any()
+    rate = selected[:, ~wordless].float().mean().item()
+    assert abs(rate - 0.3) < 0.03, rate  # the others keep the asked ratio (12,000 words: 0.03 is ~7 standard errors)

@@ -2,64 +2,26 @@
 masked log-probabilities, held-out masked metrics are reproducible, and a broken checkpoint
 folder ends in one clear line.
 
-`tiny_checkpoint` (also imported by test_finetune / test_export_hf) builds a small model and a
-tokenizer trained on the stdlib's pydoc topics and saves them with `save_checkpoint`: no trainer
-run, a second or less.
+`helpers.tiny_checkpoint` builds a small model and a tokenizer trained on the stdlib's pydoc topics
+and saves them with `save_checkpoint`: no trainer run, a second or less.
 """
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
+from helpers import tiny_checkpoint, tiny_tokenizer, topic_texts
 from mlm import checkpoint as ck
-from mlm.config import Config, ModelConfig, config_to_dict
 from mlm.errors import UserError, run_cli
 from mlm.model import MLMModel
-from mlm.tokenizer import MASK, PAD, special_token_ids, train_tokenizer
+from mlm.tokenizer import MASK, PAD, special_token_ids
 
 SENTENCES = ["the cat sat on the mat .", "return the value of the attribute named by the string .",
              "a list is a mutable sequence of objects ."]
-
-
-def topic_texts(n: int = 120) -> list[str]:
-    import pydoc_data.topics as topics
-    return [topics.topics[k] for k in sorted(topics.topics)][:n]
-
-
-_TOKENIZER = None
-
-
-def tiny_tokenizer():
-    global _TOKENIZER
-    if _TOKENIZER is None:
-        _TOKENIZER = train_tokenizer(topic_texts(), 600)
-    return _TOKENIZER
-
-
-def tiny_checkpoint(root: Path, *, seed: int = 0, noise: float = 0.0, seq_len: int = 32, **model_options) -> Path:
-    """Save a tiny random MLMModel + tokenizer as `root/checkpoints/step_1`; `noise` perturbs every
-    weight (norms and biases included) so that a wrong weight mapping cannot go unnoticed."""
-    tok = tiny_tokenizer()
-    options = dict(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_seq_len=64)
-    options.update(model_options)
-    cfg = ModelConfig(vocab_size=tok.get_vocab_size(), pad_token_id=tok.token_to_id(PAD),
-                      special_token_ids=special_token_ids(tok), **options)
-    torch.manual_seed(seed)
-    model = MLMModel(cfg)
-    if noise:
-        with torch.no_grad():
-            for p in model.parameters():
-                p.add_(torch.randn_like(p) * noise)
-    run = Config(output_dir=str(root), model=cfg)
-    run.data.seq_len = seq_len
-    return ck.save_checkpoint(root / "checkpoints", 1, model.state_dict(), asdict(cfg), tok.to_str(),
-                              yaml.safe_dump(config_to_dict(run), sort_keys=False), None)
 
 
 @pytest.fixture(scope="module")
@@ -214,7 +176,7 @@ def test_weights_that_do_not_match_the_config_are_one_clear_error(tmp_path, caps
     other = tiny_checkpoint(tmp_path / "b", num_layers=1)
     weights = ck.load_model_weights(other)
     tok = (good / ck.TOKENIZER_FILE).read_text()
-    mixed = ck.save_checkpoint(tmp_path / "mixed", 1, weights, ck.load_model_config(good), tok, "", None)
+    mixed = ck.save_checkpoint(tmp_path / "mixed", 1, ck.CheckpointContents(weights, ck.load_model_config(good), tok, ""))
     err = _one_line_error(capsys, [str(mixed), f"a {MASK} ."])
     assert "do not match" in err and ck.MODEL_CONFIG_FILE in err
     with pytest.raises(UserError):

@@ -129,12 +129,15 @@ def test_step_blocks_match_the_trainer():
 
     sys.path.insert(0, str(EXPERIMENTS))
     import common
-    from mlm.train import GlobalBatches
+    from mlm.collate import MLMCollator
+    from mlm.loop import MaskedBatches
 
-    data = np.arange(7 * 4).reshape(7, 4)  # 7 blocks: batches of 3 cross epoch boundaries
-    batches = GlobalBatches(data, collator=None, batch_size=3, seed=5)
+    data = np.arange(7 * 4).reshape(7, 4) + 10  # 7 blocks: batches of 3 cross epoch boundaries
+    unmasked = MLMCollator(vocab_size=100, mask_token_id=4, pad_token_id=0, special_token_ids=[0, 1, 2, 3, 4],
+                           mlm_probability=0.0)
+    batches = MaskedBatches(data, unmasked, batch_size=3, seed=5)
     for step in range(6):
-        assert np.array_equal(common.step_blocks(data, 3, 5, step), data[batches._indices(step)])
+        assert np.array_equal(common.step_blocks(data, 3, 5, step), batches.get(step)["input_ids"].numpy())
 
 
 def test_json_without_matplotlib(work, tmp_path, monkeypatch):

@@ -11,7 +11,7 @@ import torch
 from mlm import checkpoint as ck
 from mlm.errors import UserError, run_cli
 from mlm.tokenizer import MASK, special_token_ids
-from test_evaluate import tiny_checkpoint, tiny_tokenizer, topic_texts
+from helpers import tiny_checkpoint, tiny_tokenizer, topic_texts
 
 transformers = pytest.importorskip("transformers")
 

@@ -14,7 +14,7 @@ from mlm.config import ConfigError, load_config
 from mlm.errors import UserError, run_cli
 from mlm.finetune import (FinetuneConfig, classification_metrics, finetune, label_names, load_classifier, predict,
                           read_labeled, tokenize)
-from test_evaluate import tiny_checkpoint
+from helpers import tiny_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
 GOOD = ["fast", "simple", "correct", "clear", "stable", "safe", "small", "portable"]

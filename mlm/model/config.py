@@ -5,7 +5,7 @@ Saved in every checkpoint as `model_config.json`; a resumed run must have the sa
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from mlm.schema import ConfigError, require_literals, require_positive, require_unit
@@ -59,3 +59,11 @@ class ModelConfig:
                               f"model.num_heads ({self.num_heads})")
         if self.position == "rotary" and (self.hidden_size // self.num_heads) % 2:
             raise ConfigError("model.position=rotary needs an even head size (hidden_size / num_heads)")
+
+    def with_vocabulary(self, vocab_size: int, pad_token_id: int, special_token_ids: list[int]) -> "ModelConfig":
+        """A copy with the tokenizer's facts filled in (vocab_size 0 means the tokenizer's size)."""
+        if self.vocab_size and self.vocab_size < vocab_size:
+            raise ConfigError(f"model.vocab_size ({self.vocab_size}) is smaller than the tokenizer's vocabulary "
+                              f"({vocab_size})")
+        return replace(self, vocab_size=self.vocab_size or vocab_size, pad_token_id=pad_token_id,
+                       special_token_ids=list(special_token_ids))

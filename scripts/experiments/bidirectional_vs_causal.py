@@ -41,7 +41,8 @@ from mlm.checkpoint import load_pretrained  # noqa: E402
 from mlm.collate import MLMCollator  # noqa: E402
 from mlm.model import MLMModel, TokenLayout  # noqa: E402
 from mlm.tokenizer import MASK, SEP  # noqa: E402
-from mlm.train import evaluate, model_config_for  # noqa: E402
+from mlm.loop import evaluate  # noqa: E402
+from mlm.tokenizer import model_config_for  # noqa: E402
 
 NAME = "bidirectional_vs_causal"
 
@@ -169,7 +170,7 @@ def main(argv=None) -> int:
     cfg, rt = common.start(args)
     data = common.load_data(cfg)
     tok = data.tokenizer
-    mcfg = model_config_for(cfg, tok)
+    mcfg = model_config_for(cfg.model, tok)
     special_np = common.special_mask(tok)
     special = torch.as_tensor(special_np, device=rt.device)
     mask_id, sep_id = tok.token_to_id(MASK), tok.token_to_id(SEP)

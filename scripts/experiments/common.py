@@ -16,13 +16,11 @@ experiment) reuses the finished checkpoint; an interrupted pretraining resumes w
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
 import json
 import math
 import os
 import platform
-import random
 import sys
 import time
 from pathlib import Path
@@ -38,9 +36,12 @@ import yaml  # noqa: E402
 
 from mlm import checkpoint as ckpt_io  # noqa: E402
 from mlm.config import Config, config_to_dict, load_config  # noqa: E402
-from mlm.data import BlockDataset, epoch_permutation, prepare_data  # noqa: E402
+from mlm.data import BatchPlan, BlockDataset, prepare_data  # noqa: E402
+from mlm.loop import train_step  # noqa: E402
+from mlm.optim import build_optimizer, lr_at, set_lr  # noqa: E402
+from mlm.runtime import Runtime, seed_everything, setup_runtime  # noqa: E402
 from mlm.tokenizer import special_token_ids  # noqa: E402
-from mlm.train import Runtime, build_optimizer, lr_at, setup_runtime, train, train_step  # noqa: E402
+from mlm.train import train  # noqa: E402
 
 DEFAULT_OUT = REPO / "docs" / "experiments"
 DEFAULT_WORK = REPO / "runs" / "experiments"
@@ -152,17 +153,12 @@ def clone_config(cfg: Config, **changes: Any) -> Config:
     return load_config(None, [_as_override(k, v) for k, v in flat.items()])
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def start(args: argparse.Namespace) -> tuple[Config, Runtime]:
     """What every experiment does first: its layered config, the seeds, then device and threads."""
     cfg = build_config(args)
     seed_everything(args.seed)
-    return cfg, setup_runtime(cfg.train)
+    t = cfg.train
+    return cfg, setup_runtime(t.device, t.precision, t.num_threads, t.deterministic)
 
 
 def special_mask(tokenizer) -> np.ndarray:
@@ -238,15 +234,9 @@ def pretrain_metrics(checkpoint: Path) -> dict[str, Any]:
 # ---------------------------------------------------------------- data and training helpers
 
 def step_blocks(dataset: BlockDataset, batch_size: int, seed: int, step: int) -> np.ndarray:
-    """The (batch, seq) token blocks of training step `step`: the same ones `mlm.train.GlobalBatches`
-    takes (per-epoch permutation of the blocks, sliced in order)."""
-    n = len(dataset)
-    pos = np.arange(step * batch_size, (step + 1) * batch_size)
-    out = np.empty(batch_size, dtype=np.int64)
-    for epoch in np.unique(pos // n):
-        sel = pos // n == epoch
-        out[sel] = epoch_permutation(n, seed, int(epoch))[pos[sel] % n]
-    return np.asarray(dataset[out], dtype=np.int64)
+    """The (batch, seq) token blocks of training step `step`: the ones the trainer takes
+    (`mlm.data.BatchPlan`: a per-epoch permutation of the blocks, sliced in order)."""
+    return np.asarray(dataset[BatchPlan(len(dataset), batch_size, seed).indices(step)], dtype=np.int64)
 
 
 def fixed_blocks(dataset: BlockDataset, count: int, seed: int) -> np.ndarray:
@@ -265,19 +255,18 @@ def run_training(model: torch.nn.Module, cfg: Config, rt: Runtime, batch_fn: Cal
     objective). Returns one record per step (loss, grad_norm, lr, masked tokens, plus whatever
     `step_hook` adds) and, every `eval_every` steps and at the end, `eval_fn(step)`'s metrics.
     """
-    tcfg = dataclasses.replace(cfg.train, max_steps=steps)
-    optimizer = build_optimizer(model, tcfg, rt.device)
+    t = cfg.train
+    optimizer = build_optimizer(model, t.lr, t.weight_decay, (t.beta1, t.beta2), t.eps, rt.device)
     history: list[dict] = []
     t0 = time.monotonic()
     model.train()
     for step in range(steps):
-        lr = lr_at(step, tcfg)
-        for g in optimizer.param_groups:
-            g["lr"] = lr
+        lr = lr_at(step, t.lr, t.warmup_steps, steps, t.schedule, t.min_lr_ratio)
+        set_lr(optimizer, lr)
         batch = batch_fn(step)
-        result = train_step(model, optimizer, [batch], rt, tcfg.grad_clip)
+        result = train_step(model, optimizer, [batch], rt, t.grad_clip)
         rec: dict[str, Any] = {"step": step + 1, "loss": result.loss, "grad_norm": result.grad_norm, "lr": lr,
-                               "masked_tokens": result.masked_tokens}
+                               "masked_tokens": result.targets}
         if step_hook is not None:
             rec.update(step_hook(step, result, batch))
         if eval_fn is not None and ((eval_every and (step + 1) % eval_every == 0) or step + 1 == steps):

@@ -28,7 +28,7 @@ import torch  # noqa: E402
 
 from mlm.checkpoint import load_pretrained  # noqa: E402
 from mlm.collate import MLMCollator  # noqa: E402
-from mlm.train import evaluate  # noqa: E402
+from mlm.loop import evaluate  # noqa: E402
 
 NAME = "mask_ratio"
 ALPHAS = (0.05, 0.10, 0.15, 0.30, 0.50)

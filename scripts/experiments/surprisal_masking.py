@@ -34,7 +34,8 @@ from mlm.checkpoint import load_pretrained  # noqa: E402
 from mlm.collate import MLMCollator  # noqa: E402
 from mlm.model import MLMModel  # noqa: E402
 from mlm.tokenizer import MASK  # noqa: E402
-from mlm.train import evaluate, model_config_for  # noqa: E402
+from mlm.loop import evaluate  # noqa: E402
+from mlm.tokenizer import model_config_for  # noqa: E402
 
 NAME = "surprisal_masking"
 
@@ -156,7 +157,7 @@ def main(argv=None) -> int:
     t0 = time.monotonic()
     for arm in ("uniform", "surprisal"):
         torch.manual_seed(args.seed)  # the same initial weights for both arms
-        model = MLMModel(model_config_for(cfg, tok)).to(rt.device)
+        model = MLMModel(model_config_for(cfg.model, tok)).to(rt.device)
         scorer = {"model": model, "since": 0}
         stats: dict = {}
 

@@ -1,0 +1,1 @@
+"""Interchange with 🤗 transformers: exact weight mappings (`mapping`) and export/import (`convert`)."""
