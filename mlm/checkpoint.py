@@ -36,6 +36,7 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
 from mlm.errors import UserError
 from mlm.model import INIT_ONLY_KEYS, MLMModel, ModelConfig
 from mlm.schema import from_dict
+from mlm.storage import TEMP_PREFIX, StorageError, is_disk_full
 from mlm.tokenizer import load_tokenizer
 
 MODEL_FILE = "model.safetensors"
@@ -44,6 +45,7 @@ TOKENIZER_FILE = "tokenizer.json"
 RUN_CONFIG_FILE = "config.yaml"
 STATE_FILE = "trainer_state.pt"
 MANIFEST_FILE = "manifest.json"
+REJECTED_DIR = "rejected"  # checkpoints that failed verification, moved aside, never deleted
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
@@ -83,34 +85,146 @@ class CheckpointContents:
 
 
 def save_checkpoint(root: str | Path, step: int, contents: CheckpointContents, keep: int = 0) -> Path:
-    """Write `root/step_<step>/` atomically and prune to the newest `keep` (0: keep all)."""
+    """Write `root/step_<step>/` atomically and prune to the newest `keep` verified ones (0: keep all).
+
+    A write that fails (disk full, read-only, quota) removes its temporary folder and raises a
+    one-line `StorageError` naming the newest intact checkpoint; the folders already there are
+    untouched. A checkpoint that fails verification is never deleted or overwritten: it is moved
+    into `root/rejected/` when its step is written again.
+    """
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise StorageError.from_os_error(err, "checkpoints", root) from None
     final = root / f"step_{step}"
-    tmp = root / f".tmp_step_{step}_{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    _write_files(tmp, step, contents)
-    files = sorted(p.name for p in tmp.iterdir())
+    tmp = root / f"{TEMP_PREFIX}step_{step}_{os.getpid()}"
+    try:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        _write_files(tmp, step, contents)
+        _write_manifest(tmp, step)
+    except Exception as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not _is_write_failure(err):
+            raise
+        raise _save_error(err, root, step, contents) from None
+    _move_into_place(tmp, final)
+    if keep > 0:
+        prune_checkpoints(root, keep)
+    return final
+
+
+def _write_manifest(folder: Path, step: int) -> None:
+    files = sorted(p.name for p in folder.iterdir())
     for name in files:
-        with open(tmp / name, "rb") as fh:
+        with open(folder / name, "rb") as fh:
             os.fsync(fh.fileno())
-    manifest = {"step": step, "files": {n: {"size": (tmp / n).stat().st_size, "sha256": sha256_file(tmp / n)}
+    manifest = {"step": step, "files": {n: {"size": (folder / n).stat().st_size, "sha256": sha256_file(folder / n)}
                                         for n in files}}
-    with open(tmp / MANIFEST_FILE, "w", encoding="utf-8") as fh:
+    with open(folder / MANIFEST_FILE, "w", encoding="utf-8") as fh:
         json.dump(manifest, fh, indent=2)
         fh.flush()
         os.fsync(fh.fileno())
-    _fsync_dir(tmp)
-    if final.exists():  # re-saving the same step (e.g. end of run right after a periodic save)
-        shutil.rmtree(final)
+    _fsync_dir(folder)
+
+
+def _is_write_failure(err: BaseException) -> bool:
+    """OSError, or a serializer's wrapping of one (torch: RuntimeError "file write failed" /
+    "unexpected pos"; safetensors: SafetensorError with the OS error in its text)."""
+    if isinstance(err, (OSError, SafetensorError)):
+        return True
+    text = str(err).lower()
+    return isinstance(err, RuntimeError) and ("write" in text or "unexpected pos" in text or is_disk_full(err))
+
+
+def _save_error(err: BaseException, root: Path, step: int, contents: CheckpointContents) -> StorageError:
+    newest = latest_verified(root)
+    kept = f"the newest intact checkpoint is {newest}" if newest else "no intact checkpoint exists yet"
+    advice = (f"{kept}; free space, lower checkpoint.keep, or use another output_dir, then run the same "
+              "command again to resume")
+    return StorageError.from_os_error(err, f"checkpoint step_{step}", root, needed=contents_bytes(contents),
+                                      advice=advice)
+
+
+def contents_bytes(contents: CheckpointContents) -> int:
+    """About how many bytes a checkpoint of `contents` takes on disk."""
+    def tensor_bytes(value: Any) -> int:
+        if isinstance(value, torch.Tensor):
+            return value.numel() * value.element_size()
+        if isinstance(value, dict):
+            return sum(tensor_bytes(v) for v in value.values())
+        if isinstance(value, (list, tuple)):
+            return sum(tensor_bytes(v) for v in value)
+        return 0
+    text = len(contents.tokenizer_json) + len(contents.run_config_yaml)
+    return tensor_bytes(contents.model_state) + tensor_bytes(contents.trainer_state) + \
+        tensor_bytes(contents.extra_tensors) + text
+
+
+def _move_into_place(tmp: Path, final: Path) -> None:
+    """Rename the finished folder to its step name. An existing folder of that step (the end of a
+    run right after a periodic save) is replaced if it verifies, moved to rejected/ if it does not."""
+    old = None
+    if final.exists():
+        if verify_checkpoint(final) is not None:
+            set_aside(final)
+        else:
+            old = final.with_name(f"{TEMP_PREFIX}replaced_{final.name}_{os.getpid()}")
+            os.replace(final, old)
     os.replace(tmp, final)
-    _fsync_dir(root)
-    if keep > 0:
-        for old in list_checkpoints(root)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
-    return final
+    _fsync_dir(final.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def prune_checkpoints(root: str | Path, keep: int) -> list[Path]:
+    """Delete verified checkpoints beyond the newest `keep` verified ones; unverified folders are
+    never deleted. Returns what was deleted."""
+    verified = [p for p in reversed(list_checkpoints(root)) if verify_checkpoint(p) is None]
+    for old in verified[keep:]:
+        shutil.rmtree(old, ignore_errors=True)
+    return verified[keep:]
+
+
+def set_aside(path: Path) -> Path:
+    """Move a checkpoint that failed verification into `<root>/rejected/` (never deleted)."""
+    target_dir = path.parent / REJECTED_DIR
+    target_dir.mkdir(exist_ok=True)
+    target = target_dir / path.name
+    n = 1
+    while target.exists():
+        target = target_dir / f"{path.name}.{n}"
+        n += 1
+    os.replace(path, target)
+    return target
+
+
+def resume_point(root: str | Path, reject_unverified: bool) -> Path | None:
+    """The checkpoint a run in `root` resumes from, deciding what to do with those that fail verification.
+
+    Newer checkpoints that fail verification while an older one verifies are moved to rejected/
+    (warned), so the run cannot overwrite them when it reaches their step. When checkpoints exist
+    and none verifies, the run stops with the list and the way out, unless `reject_unverified`
+    moves them aside and lets it start from step 0.
+    """
+    found = list_checkpoints(root)
+    problems = {p: verify_checkpoint(p) for p in found}
+    good = [p for p in found if problems[p] is None]
+    broken = [p for p in found if problems[p] is not None]
+    if found and not good and not reject_unverified:
+        first = broken[-1]
+        raise UserError(f"{Path(root)}: no checkpoint verifies ({', '.join(p.name for p in broken)}; "
+                        f"{first.name}: {problems[first]}); nothing was changed. Resume elsewhere with a new "
+                        f"output_dir, or set checkpoint.reject_unverified=true to move them into "
+                        f"{Path(root) / REJECTED_DIR} and start from step 0")
+    newest = good[-1] if good else None
+    for path in broken:
+        if newest is None or path.name != newest.name:
+            target = set_aside(path)
+            warnings.warn(f"checkpoint {path} does not verify ({problems[path]}); moved to {target}", stacklevel=2)
+    return newest
 
 
 def _write_files(folder: Path, step: int, contents: CheckpointContents) -> None:
@@ -169,6 +283,11 @@ def latest_checkpoint(root: str | Path) -> Path | None:
             return path
         warnings.warn(f"skipping checkpoint {path}: {problem}", stacklevel=2)
     return None
+
+
+def latest_verified(root: str | Path) -> Path | None:
+    """Like `latest_checkpoint`, silently (for messages)."""
+    return next((p for p in reversed(list_checkpoints(root)) if verify_checkpoint(p) is None), None)
 
 
 def resolve_checkpoint(path: str | Path) -> Path:

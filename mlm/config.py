@@ -19,7 +19,7 @@ from mlm.schema import (ConfigError, from_dict, load_config as load_typed_config
 __all__ = ["Config", "ModelConfig", "DataConfig", "CollateConfig", "TrainConfig", "EvalConfig", "CheckpointConfig",
            "LogConfig", "ConfigError", "load_config", "save_config", "config_to_dict", "from_dict"]
 
-TokenizerType = Literal["wordpiece", "bpe", "unigram"]
+TokenizerType = Literal["metaspace_bpe", "wordpiece", "bpe", "unigram"]
 
 
 @dataclass
@@ -38,7 +38,10 @@ class DataConfig:
     """What one document of a text file is: a line, or a blank-line separated paragraph."""
     tokenizer: str = ""
     """A tokenizer.json to use; empty: train one on the corpus."""
-    tokenizer_type: TokenizerType = "wordpiece"
+    tokenizer_type: TokenizerType = "metaspace_bpe"
+    """metaspace_bpe: BPE with a word-start marker, the same file in every process (deterministic);
+    wordpiece, bpe (## continuations) and unigram are not deterministic across processes
+    (huggingface/tokenizers#1794)."""
     vocab_size: int = 8192
     tokenizer_sample_bytes: int = 100_000_000
     """At most this much training-split text is sampled (evenly, by document hash) to train the tokenizer."""
@@ -172,7 +175,10 @@ class CheckpointConfig:
     every: int = 500
     """Steps between checkpoints; 0: only at the end."""
     keep: int = 3
-    """Newest checkpoints kept; 0: all."""
+    """Newest verified checkpoints kept; 0: all. A checkpoint that fails verification is never deleted."""
+    reject_unverified: bool = False
+    """When checkpoints exist and none verifies, the run stops (nothing is changed); true moves them
+    into checkpoints/rejected/ and starts from step 0."""
 
     def validate(self) -> None:
         require_nonnegative(self, "checkpoint", "every", "keep")

@@ -34,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(text)
         for n, preds in enumerate(results, 1):
             label = f"  {MASK} #{n}:" if len(results) > 1 else f"  {MASK}:"
-            print(label + "  " + "  ".join(f"{p.token} {p.probability:.3f}" for p in preds))
+            print(label + "  " + "  ".join(f"{p.text or p.token} {p.probability:.3f}" for p in preds))
     return 0
 
 

@@ -167,11 +167,14 @@ def _apply_update(optimizer: torch.optim.Optimizer, total: torch.Tensor, grad_cl
 @torch.no_grad()
 def evaluate(model: nn.Module, dataset: BlockDataset, collator: MLMCollator, rt: Runtime, batch_size: int,
              max_batches: int, seed: int) -> dict[str, float]:
-    """Masked loss, masked-token accuracy (with its standard error) and perplexity, fixed masking seed.
+    """Masked loss, masked-token accuracy with two standard errors, and perplexity; fixed masking seed.
 
-    The standard error treats each block as a cluster of masked tokens (tokens of one block are not
-    independent): se² = k/(k-1) · Σ(c_i - a·n_i)² / N², with c_i correct of n_i masked in block i,
-    a the accuracy, N the masked tokens and k the blocks.
+    `eval_accuracy_stderr` is the standard error over the random masks for this validation text,
+    sqrt(a(1-a)/N) with N masked tokens: how much the figure moves with another eval.seed, and the
+    noise that matters when two models are compared on the same split. `eval_accuracy_stderr_blocks`
+    also counts which text was held out, treating each block as a cluster of masked tokens:
+    se² = k/(k-1) · Σ(c_i - a·n_i)² / N², with c_i correct of n_i masked in block i and k blocks; it
+    is larger (text varies more than masks) and says how much the figure would move with another split.
     """
     was_training = model.training
     model.eval()
@@ -201,6 +204,8 @@ def evaluate(model: nn.Module, dataset: BlockDataset, collator: MLMCollator, rt:
     count = max(1.0, count)
     accuracy, loss = correct / count, loss_sum / count
     spread = max(0.0, cc - 2 * accuracy * cm + accuracy * accuracy * mm)
-    stderr = math.sqrt(blocks / (blocks - 1) * spread) / count if blocks > 1 else float("nan")
-    return {"eval_loss": loss, "eval_accuracy": accuracy, "eval_accuracy_stderr": stderr,
+    by_blocks = math.sqrt(blocks / (blocks - 1) * spread) / count if blocks > 1 else float("nan")
+    return {"eval_loss": loss, "eval_accuracy": accuracy,
+            "eval_accuracy_stderr": math.sqrt(accuracy * (1 - accuracy) / count),
+            "eval_accuracy_stderr_blocks": by_blocks,
             "eval_perplexity": math.exp(min(loss, 50.0)), "eval_masked_tokens": int(count)}

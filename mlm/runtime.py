@@ -50,6 +50,18 @@ class Runtime:
         if self.distributed:
             dist.barrier()
 
+    def raise_together(self, error: UserError | None) -> None:
+        """Raise `error` on every rank when any rank has one (a collective: all ranks must call it), so
+        every process leaves with the same one-line message and none waits in a later collective."""
+        if self.distributed:
+            messages: list[str | None] = [None] * self.world_size
+            dist.all_gather_object(messages, None if error is None else str(error))
+            first = next((m for m in messages if m is not None), None)
+            if first is not None:
+                raise UserError(first)
+        elif error is not None:
+            raise error
+
     def any_rank(self, flag: bool) -> bool:
         """True on every rank when `flag` is True on at least one (a collective: all ranks must call it)."""
         if not self.distributed:

@@ -174,9 +174,10 @@ def corpus_pll(scores: Sequence[SentenceScore]) -> dict[str, Any]:
 
 @dataclass
 class Prediction:
-    token: str
+    token: str  # the vocabulary entry, e.g. "▁item" or "##s"
     token_id: int
     probability: float
+    text: str = ""  # the token decoded on its own, e.g. "item"
 
 
 def special_ids(model: Any, tokenizer: Any) -> list[int]:
@@ -206,5 +207,5 @@ def fill_mask(model: Any, tokenizer: Any, text: str, top_k: int = 5) -> list[lis
     probs[:, banned] = -1.0  # below every real probability, so top-k can't pick them
     k = min(top_k, probs.shape[-1] - len(banned))
     top = probs.topk(k, dim=-1)
-    return [[Prediction(tokenizer.id_to_token(int(i)), int(i), float(p)) for p, i in zip(vals, idx)]
-            for vals, idx in zip(top.values, top.indices)]
+    return [[Prediction(tokenizer.id_to_token(int(i)), int(i), float(p), tokenizer.decode([int(i)]))
+             for p, i in zip(vals, idx)] for vals, idx in zip(top.values, top.indices)]

@@ -32,7 +32,7 @@ from mlm.optim import build_optimizer, lr_at, set_lr
 from mlm.reporting import MetricsLog, Progress
 from mlm.runtime import Runtime, StopSignal, seed_everything, setup_runtime, shutdown
 from mlm.schema import to_yaml
-from mlm.storage import write_text_atomic
+from mlm.storage import format_bytes, free_bytes, remove_leftovers, require_writable, write_text_atomic
 from mlm.tokenizer import model_config_for
 
 
@@ -68,6 +68,9 @@ class Run:
     log: MetricsLog
     state: TrainState
     start_step: int = 0  # the step this session started from (0, or the resumed checkpoint's)
+    progress: Progress | None = None
+    last_checkpoint_bytes: int = 0  # size of the last checkpoint written, for the free-space warning
+    warned_space: bool = False
 
     @property
     def checkpoints(self) -> Path:
@@ -83,7 +86,9 @@ def setup(cfg: Config) -> Run:
     out_dir = Path(cfg.output_dir)
     batch_plan(t.batch_size, t.micro_batch_size, rt.world_size)  # fail on the batch arithmetic before any work
     if rt.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        require_writable(out_dir, "run output")
+    # Before any work or any write: a folder of checkpoints that do not verify stops the run here.
+    resume_from = find_resume_point(rt, out_dir / "checkpoints", cfg.checkpoint.reject_unverified)
     if not rt.is_main:
         rt.barrier()
     prepared = prepare_data(cfg)
@@ -101,7 +106,6 @@ def setup(cfg: Config) -> Run:
     seed_everything(t.seed)
     model = MLMModel(model_cfg).to(rt.device)
     collator = build_collator(cfg.collate, prepared.tokenizer)
-    resume_from = ckpt.latest_checkpoint(out_dir / "checkpoints")
     trainer_state = None
     if resume_from is not None:
         ckpt.check_resumable(resume_from, asdict(model_cfg))
@@ -121,6 +125,21 @@ def setup(cfg: Config) -> Run:
     if t.compile:
         run.train_model = torch.compile(run.train_model, dynamic=True)
     return run
+
+
+def find_resume_point(rt: Runtime, root: Path, reject_unverified: bool) -> Path | None:
+    """Rank 0 decides (and moves unverified checkpoints aside); every rank then resumes from the same one."""
+    error, found = None, None
+    if rt.is_main:
+        for leftover in remove_leftovers(root):
+            print(f"note: removed {leftover}, left by an interrupted save", file=sys.stderr)
+        try:
+            found = ckpt.resume_point(root, reject_unverified)
+        except UserError as err:
+            error = err
+    rt.raise_together(error)
+    rt.barrier()
+    return found if rt.is_main else ckpt.latest_checkpoint(root)
 
 
 def wrap_for_distributed(model: torch.nn.Module, rt: Runtime, fsdp: bool) -> torch.nn.Module:
@@ -147,18 +166,39 @@ def restore(run: Run, state: dict[str, Any]) -> None:
 
 
 def save(run: Run) -> None:
-    """A checkpoint of the current step (every rank takes part in gathering; rank 0 writes)."""
+    """A checkpoint of the current step (every rank takes part in gathering; rank 0 writes). A failed
+    write raises the same one-line error on every rank."""
     model_state = ckpt.full_model_state(run.model)
     optimizer_state = ckpt.full_optimizer_state(run.model, run.optimizer)
-    if not run.rt.is_main:
+    error = None
+    if run.rt.is_main:
+        warn_if_space_is_short(run)
+        trainer_state = {**run.state.state_dict(run.cfg.train.batch_size), "optimizer": optimizer_state,
+                         "rng": ckpt.rng_state()}
+        if run.scaler is not None:
+            trainer_state["scaler"] = run.scaler.state_dict()
+        contents = ckpt.CheckpointContents(model_state, asdict(run.model_cfg), run.prepared.tokenizer.to_str(),
+                                           run.run_config_yaml, trainer_state)
+        try:
+            path = ckpt.save_checkpoint(run.checkpoints, run.state.step, contents, keep=run.cfg.checkpoint.keep)
+            run.last_checkpoint_bytes = sum(f.stat().st_size for f in path.iterdir())
+            if run.progress is not None:
+                run.progress.line(f"step {run.state.step}: saved {path} ({format_bytes(run.last_checkpoint_bytes)})")
+        except UserError as err:
+            error = err
+    run.rt.raise_together(error)
+
+
+def warn_if_space_is_short(run: Run) -> None:
+    """Once per run: warn while there is still time when the next save (or the one after) may not fit."""
+    free = free_bytes(run.checkpoints)
+    size = run.last_checkpoint_bytes
+    if run.warned_space or not size or free is None or free >= 2 * size:
         return
-    trainer_state = {**run.state.state_dict(run.cfg.train.batch_size), "optimizer": optimizer_state,
-                     "rng": ckpt.rng_state()}
-    if run.scaler is not None:
-        trainer_state["scaler"] = run.scaler.state_dict()
-    contents = ckpt.CheckpointContents(model_state, asdict(run.model_cfg), run.prepared.tokenizer.to_str(),
-                                       run.run_config_yaml, trainer_state)
-    ckpt.save_checkpoint(run.checkpoints, run.state.step, contents, keep=run.cfg.checkpoint.keep)
+    run.warned_space = True
+    print(f"warning: {format_bytes(free)} free for {run.checkpoints}, and the last checkpoint took "
+          f"{format_bytes(size)}: the next {'save' if free < size else 'two saves'} may not fit. Free some space, "
+          "lower checkpoint.keep, or move output_dir before the run fails", file=sys.stderr)
 
 
 # ---------------------------------------------------------------- fit
@@ -169,6 +209,11 @@ def run_eval(run: Run, max_batches: int, log: bool = True) -> dict[str, float]:
                        c.seed)
     if log:
         run.log.write({"step": run.state.step, **metrics})
+        if run.progress is not None:
+            run.progress.line(f"step {run.state.step}: eval loss {metrics['eval_loss']:.4f}  accuracy "
+                              f"{metrics['eval_accuracy']:.4f} ± {metrics['eval_accuracy_stderr']:.4f} (masks; ± "
+                              f"{metrics['eval_accuracy_stderr_blocks']:.4f} over blocks) "
+                              f"({metrics['eval_masked_tokens']:,} masked tokens)")
     return metrics
 
 
@@ -178,7 +223,7 @@ def fit(run: Run) -> dict[str, Any]:
     has_val = len(run.prepared.validation) > 0
     if has_val:  # two batches before step 0: a broken eval fails in seconds, not hours
         run_eval(run, 2, log=False)
-    progress = Progress(rt.is_main and cfg.log.progress, cfg.train.max_steps, state.step)
+    progress = run.progress = Progress(rt.is_main and cfg.log.progress, cfg.train.max_steps, state.step)
     meter = ThroughputMeter(cfg.train.batch_size * run.prepared.train.seq_len)
     started = time.monotonic()
     last_metrics: dict[str, Any] = {}
@@ -206,7 +251,8 @@ def fit(run: Run) -> dict[str, Any]:
     final.update({"step": state.step, "stopped": stop_reason, "seconds": time.monotonic() - started})
     if rt.is_main:
         write_text_atomic(run.out_dir / "final_metrics.json", json.dumps(final, indent=2), what="the final metrics")
-        print(json.dumps({k: final[k] for k in ("step", "stopped", "train_loss", "eval_loss", "eval_accuracy")
+        print(json.dumps({k: final[k] for k in ("step", "stopped", "train_loss", "eval_loss", "eval_accuracy",
+                                                  "eval_accuracy_stderr")
                           if k in final}), file=sys.stderr)
     rt.barrier()
     return final

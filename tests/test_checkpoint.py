@@ -122,3 +122,41 @@ def test_resume_accepts_checkpoints_older_than_the_init_only_keys(tmp_path):
     (tmp_path / ck.MODEL_CONFIG_FILE).write_text(json.dumps({k: v for k, v in old.items() if k != "rope_theta"}))
     with pytest.raises(UserError, match=r"model.rope_theta: checkpoint has None"):
         ck.check_resumable(tmp_path, now)
+
+
+def test_keep_counts_only_verified_checkpoints_and_never_deletes_a_broken_one(tmp_path):
+    _save(tmp_path, 1)
+    broken = _save(tmp_path, 2)
+    (broken / ck.MODEL_CONFIG_FILE).write_text("{}")
+    for step in (3, 4):
+        _save(tmp_path, step, keep=2)
+    assert [p.name for p in ck.list_checkpoints(tmp_path)] == ["step_2", "step_3", "step_4"]
+    assert (broken / ck.MODEL_CONFIG_FILE).read_text() == "{}"
+
+
+def test_resume_point_sets_newer_broken_checkpoints_aside_and_resumes_from_the_newest_good(tmp_path):
+    _save(tmp_path, 1)
+    broken = _save(tmp_path, 2)
+    (broken / ck.MODEL_FILE).write_bytes(b"x")
+    with pytest.warns(UserWarning, match=r"step_2 .* moved to .*rejected"):
+        assert ck.resume_point(tmp_path, reject_unverified=False).name == "step_1"
+    assert (tmp_path / ck.REJECTED_DIR / "step_2" / ck.MODEL_FILE).read_bytes() == b"x"
+    assert [p.name for p in ck.list_checkpoints(tmp_path)] == ["step_1"]
+
+
+def test_resume_point_refuses_when_nothing_verifies_unless_told_to_set_them_aside(tmp_path):
+    broken = _save(tmp_path, 3)
+    (broken / ck.MODEL_FILE).write_bytes(b"x")
+    with pytest.raises(UserError, match=r"no checkpoint verifies \(step_3; .*reject_unverified"):
+        ck.resume_point(tmp_path, reject_unverified=False)
+    assert (broken / ck.MODEL_FILE).read_bytes() == b"x"
+    assert ck.resume_point(tmp_path, reject_unverified=True) is None
+    assert (tmp_path / ck.REJECTED_DIR / "step_3").is_dir() and not broken.exists()
+
+
+def test_resaving_a_step_over_a_broken_folder_moves_the_broken_one_aside(tmp_path):
+    broken = _save(tmp_path, 5)
+    (broken / ck.MODEL_FILE).write_bytes(b"x")
+    _save(tmp_path, 5, value=2.0)
+    assert ck.verify_checkpoint(tmp_path / "step_5") is None
+    assert (tmp_path / ck.REJECTED_DIR / "step_5" / ck.MODEL_FILE).read_bytes() == b"x"

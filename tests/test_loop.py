@@ -74,7 +74,7 @@ def test_global_batch_is_a_pure_function_of_step(corpus_file, data_cache, tmp_pa
         assert torch.equal(batch[k], again[k])
 
 
-def test_evaluation_reports_accuracy_with_a_block_clustered_standard_error(corpus_file, data_cache, tmp_path):
+def test_evaluation_reports_accuracy_with_its_mask_and_block_clustered_standard_errors(corpus_file, data_cache, tmp_path):
     cfg, model, _, prepared = one_step_setup(corpus_file, data_cache, tmp_path)
     collator = build_collator(cfg.collate, prepared.tokenizer)
     batches, opt = MaskedBatches(prepared.train, collator, 32, seed=0), optimizer_for(model, cfg)
@@ -101,6 +101,7 @@ def test_evaluation_reports_accuracy_with_a_block_clustered_standard_error(corpu
     stderr = math.sqrt(k / (k - 1) * ((c - accuracy * n) ** 2).sum()) / n.sum()
     assert metrics["eval_masked_tokens"] == int(n.sum())
     assert metrics["eval_accuracy"] == pytest.approx(accuracy)
-    assert metrics["eval_accuracy_stderr"] == pytest.approx(stderr)
+    assert metrics["eval_accuracy_stderr_blocks"] == pytest.approx(stderr)
     binomial = math.sqrt(accuracy * (1 - accuracy) / n.sum())
-    assert accuracy > 0.02 and 0.5 * binomial < stderr < 3 * binomial  # the order of the independent-token formula
+    assert metrics["eval_accuracy_stderr"] == pytest.approx(binomial)
+    assert accuracy > 0.02 and 0.5 * binomial < stderr < 3 * binomial  # the same order of magnitude

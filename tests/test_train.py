@@ -238,3 +238,74 @@ def test_plot_draws_the_curves(reference_run, tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+
+
+# ---------------------------------------------------------------- same command, same result; a log to follow
+
+
+def _fresh_process_run(corpus_file, out, cache, **extra) -> subprocess.CompletedProcess:
+    """A tiny run in a fresh process with its own cache: the tokenizer is trained in that process."""
+    overrides = tiny_overrides(corpus_file, cache, out, **{"checkpoint.every": 0, "eval.every": 0, **extra})
+    return _cli(overrides)
+
+
+def test_two_fresh_runs_in_two_folders_give_identical_losses(corpus_file, tmp_path):
+    runs = [tmp_path / "a", tmp_path / "b"]
+    for out in runs:
+        proc = _fresh_process_run(corpus_file, out, out / "cache", **{"train.max_steps": 8})
+        assert proc.returncode == 0, proc.stderr
+    tokenizers = [next((out / "cache" / "tokenizers").glob("*.json")).read_bytes() for out in runs]
+    assert tokenizers[0] == tokenizers[1]
+    assert _train_losses(runs[0]) == _train_losses(runs[1]) and len(_train_losses(runs[0])) == 8
+
+
+def test_output_to_a_file_gets_plain_progress_lines(corpus_file, data_cache, tmp_path):
+    log = tmp_path / "train.log"
+    with open(log, "w") as stderr:
+        env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+        args = tiny_overrides(corpus_file, data_cache, tmp_path / "run", **{"log.progress": True,
+                                                                           "checkpoint.every": 10})
+        subprocess.run([sys.executable, "-m", "mlm.train", *args], stderr=stderr, stdout=subprocess.DEVNULL,
+                       cwd=str(REPO), env=env, check=True)
+    lines = log.read_text().splitlines()
+    steps = [line for line in lines if line.startswith("step ") and " loss " in line and "tok/s" in line]
+    assert steps[0].startswith("step 1/20") and steps[-1].startswith("step 20/20") and "eta" in steps[-1]
+    assert any("eval loss" in line and "accuracy" in line and "±" in line for line in lines)
+    assert any("saved" in line and "step_10" in line for line in lines)
+    assert not any("\r" in line for line in lines)  # no bar redraws in a log file
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_run_whose_only_checkpoint_is_corrupt_stops_and_changes_nothing(reference_run, corpus_file, data_cache,
+                                                                            tmp_path):
+    import shutil
+    ref_out, _ = reference_run
+    out = tmp_path / "corrupt"
+    (out / "checkpoints").mkdir(parents=True)
+    shutil.copytree(ref_out / "checkpoints" / "step_20", out / "checkpoints" / "step_20")
+    state = out / "checkpoints" / "step_20" / ck.STATE_FILE
+    state.write_bytes(state.read_bytes()[:1000])  # truncated
+    before = _tree(out)
+    proc = _cli(tiny_overrides(corpus_file, data_cache, out, **{"train.max_steps": 30}))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "step_20" in last and "checkpoint.reject_unverified" in last and "new output_dir" in last
+    assert _tree(out) == before
+
+
+def test_reject_unverified_moves_the_corrupt_checkpoint_aside_and_starts_over(reference_run, corpus_file,
+                                                                               data_cache, tmp_path):
+    import shutil
+    ref_out, _ = reference_run
+    out = tmp_path / "corrupt"
+    shutil.copytree(ref_out / "checkpoints" / "step_5", out / "checkpoints" / "step_5")
+    (out / "checkpoints" / "step_5" / ck.MODEL_FILE).write_bytes(b"broken")
+    cfg = load_config(None, tiny_overrides(corpus_file, data_cache, out, **{"train.max_steps": 6,
+                                                                          "checkpoint.reject_unverified": True}))
+    final = train(cfg)
+    assert final["step"] == 6
+    assert (out / "checkpoints" / "rejected" / "step_5" / ck.MODEL_FILE).read_bytes() == b"broken"
+    assert _train_losses(out)[1] == _train_losses(ref_out)[1]  # started from step 0

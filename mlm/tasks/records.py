@@ -1,12 +1,15 @@
 """Reading labelled examples: JSON Lines, a JSON list, or CSV/TSV with a header row.
 
-Every mistake (missing file, bad line, missing field, a label dev/test has that training lacks)
+One text (or a text pair) per record with one label: a class name for classification, a number
+for regression (`numeric=True`). Tagged sentences for token classification are read by
+`mlm.tasks.tagged`. Every mistake (missing file, bad line, missing field, a label dev/test has that training lacks)
 is one `UserError` naming the file and line, so a user fixes the data, not the code.
 """
 from __future__ import annotations
 
 import csv
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -18,10 +21,11 @@ RECORD_SUFFIXES = (".jsonl", ".json", ".ndjson", ".csv", ".tsv")
 
 @dataclass
 class LabeledData:
-    """Texts (and optional second segments) with one label each, as strings."""
+    """Texts (and optional second segments) with one label each: class names as strings, or floats
+    for regression."""
     texts: list[str]
     pairs: list[str] | None
-    labels: list[str]
+    labels: list[Any]
     source: str
 
     def subset(self, indices: Sequence[int], suffix: str) -> "LabeledData":
@@ -68,12 +72,13 @@ def require_file(path: str | Path) -> Path:
 
 
 def read_labeled(path: str | Path, text_field: str = "text", label_field: str = "label",
-                 pair_field: str = "") -> LabeledData:
-    """Read a labelled file; every mistake is one error naming the file, line and field."""
+                 pair_field: str = "", numeric: bool = False) -> LabeledData:
+    """Read a labelled file; every mistake is one error naming the file, line and field.
+    `numeric`: labels are finite numbers (regression targets), read as floats."""
     path = require_file(path)
     texts: list[str] = []
     pairs: list[str] = []
-    labels: list[str] = []
+    labels: list[Any] = []
     for n, rec in iter_records(path):
         if not isinstance(rec, dict):
             raise UserError(f"{path}:{n}: expected an object with {text_field!r} and {label_field!r}, got "
@@ -81,11 +86,12 @@ def read_labeled(path: str | Path, text_field: str = "text", label_field: str = 
         for key in (text_field, label_field) + ((pair_field,) if pair_field else ()):
             if key not in rec or rec[key] is None:
                 raise UserError(f"{path}:{n}: no {key!r} field (fields: {', '.join(map(str, rec))}); "
-                                f"set data.text_field / data.label_field")
+                                f"set data.text_field / data.label_field / data.text_pair_field")
         text = rec[text_field]
         if not isinstance(text, str):
             raise UserError(f"{path}:{n}: {text_field!r} must be a string, got {text!r:.60}")
-        labels.append(_label_text(rec[label_field], path, n, label_field))
+        read_label = _label_value if numeric else _label_text
+        labels.append(read_label(rec[label_field], path, n, label_field))
         texts.append(text)
         if pair_field:
             pairs.append(str(rec[pair_field]))
@@ -100,6 +106,17 @@ def _label_text(label: Any, path: Path, line: int, label_field: str) -> str:
             isinstance(label, float) and not label.is_integer()):
         raise UserError(f"{path}:{line}: {label_field!r} must be a string or an integer, got {label!r:.60}")
     return label.strip() if isinstance(label, str) else str(int(label))
+
+
+def _label_value(label: Any, path: Path, line: int, label_field: str) -> float:
+    """A regression target: a finite number, or a string holding one (CSV cells are strings)."""
+    try:
+        value = float(label) if not isinstance(label, bool) else float("nan")
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not math.isfinite(value):
+        raise UserError(f"{path}:{line}: {label_field!r} must be a finite number for regression, got {label!r:.60}")
+    return value
 
 
 def label_names(labels: Sequence[str]) -> list[str]:
