@@ -102,13 +102,7 @@ class MLMCollator:
         if specials[0] < 0 or specials[-1] >= vocab_size:
             raise ValueError(f"special_token_ids must lie in [0, vocab_size={vocab_size}); "
                              f"got {specials[0] if specials[0] < 0 else specials[-1]}")
-        for name, prob in (("mlm_probability", mlm_probability), ("mask_replace_prob", mask_replace_prob),
-                           ("random_replace_prob", random_replace_prob)):
-            if not isinstance(prob, numbers.Real) or not 0.0 <= float(prob) <= 1.0:
-                raise ValueError(f"{name}={prob!r} is not a probability; set it within [0, 1]")
-        if mask_replace_prob + random_replace_prob > 1.0 + 1e-9:
-            raise ValueError(f"mask_replace_prob + random_replace_prob = {mask_replace_prob + random_replace_prob:g} "
-                             "exceeds 1; lower one of them (the rest, 1 - both, is left unchanged)")
+        _check_rates(mlm_probability, mask_replace_prob, random_replace_prob)
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy={strategy!r} is unknown; choose one of {', '.join(STRATEGIES)}")
         if exact_count and strategy not in ("token", "weighted"):
@@ -233,6 +227,13 @@ class MLMCollator:
         if self.return_tensors == "pt":
             return {key: torch.from_numpy(value) for key, value in batch.items()}
         return batch
+
+    def set_rates(self, mlm_probability: float, mask_replace_prob: float, random_replace_prob: float) -> None:
+        """Change the masking rates between calls (a mask-rate schedule); checked like the constructor's."""
+        _check_rates(mlm_probability, mask_replace_prob, random_replace_prob)
+        self.mlm_probability = float(mlm_probability)
+        self.mask_replace_prob = float(mask_replace_prob)
+        self.random_replace_prob = float(random_replace_prob)
 
     # ------------------------------------------------------------------ checkpointing
 
@@ -367,6 +368,16 @@ def _pad_token_field(grid: RowGrid, key: str, values: list[Any]) -> np.ndarray:
     return grid.pad(key, values, np.int64, 0)
 
 
+def _check_rates(mlm_probability: Any, mask_replace_prob: Any, random_replace_prob: Any) -> None:
+    for name, prob in (("mlm_probability", mlm_probability), ("mask_replace_prob", mask_replace_prob),
+                       ("random_replace_prob", random_replace_prob)):
+        if not isinstance(prob, numbers.Real) or not 0.0 <= float(prob) <= 1.0:
+            raise ValueError(f"{name}={prob!r} is not a probability; set it within [0, 1]")
+    if mask_replace_prob + random_replace_prob > 1.0 + 1e-9:
+        raise ValueError(f"mask_replace_prob + random_replace_prob = {mask_replace_prob + random_replace_prob:g} "
+                         "exceeds 1; lower one of them (the rest, 1 - both, is left unchanged)")
+
+
 def _check_int(name: str, value: Any, low: int, high: int | None = None) -> None:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < low or \
             (high is not None and int(value) >= high):
@@ -389,24 +400,55 @@ def _first_token_id(tokenizer: Any, names: Sequence[str]) -> int | None:
 def _continuation_table(tokenizer: Any, vocab_size: int) -> np.ndarray | None:
     """is_continuation[id] for a `tokenizers.Tokenizer`, read once from its vocabulary.
 
-    WordPiece-style models mark continuations ("##ing"); Metaspace ("▁") and ByteLevel ("Ġ")
-    models mark word starts instead, so there a token without the marker continues a word.
-    Returns None when the tokenizer uses neither convention (then examples need `word_ids`).
+    WordPiece-style models mark continuations ("##ing"); Metaspace ("▁") models mark word starts
+    instead, so there a token without the marker continues a word. Byte-level models ("Ġ", GPT-2
+    style and `byte_bpe` for code) use identifier boundaries: a token continues a word when it begins
+    with a letter, a digit, "_" or a non-ASCII byte, and starts one when it begins with a space, a
+    newline or tab (an indent), or punctuation, so `foo.bar(x)` is the words `foo`, `.bar`, `(x`, `)`
+    and `snake_case` or `__init__` is never cut. WordLevel models (the `char` tokenizer) make every
+    token a word: whole-word masking is token masking and spans count characters.
+    Returns None when the tokenizer uses none of these conventions (then examples need `word_ids`).
     """
     config = json.loads(tokenizer.to_str())
     vocab = tokenizer.get_vocab(with_added_tokens=False)
     table = np.zeros(vocab_size, dtype=bool)
-    prefix = config.get("model", {}).get("continuing_subword_prefix")
+    model = config.get("model") or {}
+    prefix = model.get("continuing_subword_prefix")
     if prefix:
         hits = [i for token, i in vocab.items() if token.startswith(prefix) and i < vocab_size]
         table[hits] = True
         return table
+    if model.get("type") == "WordLevel":
+        return table
     marker = _word_start_marker(config.get("pre_tokenizer")) or _word_start_marker(config.get("decoder"))
     if marker is None:
         return None
-    hits = [i for token, i in vocab.items() if not token.startswith(marker) and i < vocab_size]
+    if marker == "Ġ":
+        hits = [i for token, i in vocab.items() if _continues_identifier(token) and i < vocab_size]
+    else:
+        hits = [i for token, i in vocab.items() if not token.startswith(marker) and i < vocab_size]
     table[hits] = True
     return table
+
+
+def _byte_level_bytes() -> dict[str, int]:
+    """GPT-2's byte-level alphabet: the character that stands for each byte (printable ASCII and
+    Latin-1 stand for themselves; the others are shifted to 256 + n, e.g. space -> "Ġ", newline -> "Ċ")."""
+    kept = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    shifted = [b for b in range(256) if b not in kept]
+    return {**{chr(b): b for b in kept}, **{chr(256 + n): b for n, b in enumerate(shifted)}}
+
+
+_BYTE_OF_CHAR = _byte_level_bytes()
+
+
+def _continues_identifier(token: str) -> bool:
+    """A byte-level token continues a word when its first byte is a letter, digit, "_" or part of a
+    non-ASCII character; a space, tab, newline or punctuation byte starts a new word."""
+    byte = _BYTE_OF_CHAR.get(token[:1])
+    if byte is None:
+        return False
+    return byte >= 0x80 or chr(byte).isalnum() or byte == ord("_")
 
 
 def _word_start_marker(component: Any) -> str | None:

@@ -19,7 +19,7 @@ from mlm.schema import (ConfigError, from_dict, load_config as load_typed_config
 __all__ = ["Config", "ModelConfig", "DataConfig", "CollateConfig", "TrainConfig", "EvalConfig", "CheckpointConfig",
            "LogConfig", "ConfigError", "load_config", "save_config", "config_to_dict", "from_dict"]
 
-TokenizerType = Literal["metaspace_bpe", "wordpiece", "bpe", "unigram"]
+TokenizerType = Literal["metaspace_bpe", "wordpiece", "bpe", "unigram", "char", "byte_bpe"]
 
 
 @dataclass
@@ -34,14 +34,32 @@ class DataConfig:
     hf_split: str = "train"
     text_field: str = "text"
     """Field of .jsonl/.json records, parquet column or dataset column holding the text."""
-    txt_documents: Literal["line", "paragraph"] = "line"
-    """What one document of a text file is: a line, or a blank-line separated paragraph."""
+    txt_documents: Literal["line", "paragraph", "file"] = "line"
+    """What one document of a text file is: a line, a blank-line separated paragraph, or the whole file
+    (source code and other files whose lines are not documents)."""
+    extensions: list[str] = field(default_factory=list)
+    """Extensions a directory or glob in train_files contributes, e.g. [.py]; empty: those of the known
+    formats (.txt .text .jsonl .ndjson .json .parquet .fasta .fa .faa .fna), compressed or not. A file
+    named explicitly is always read."""
+    strip_whitespace: bool = True
+    """Strip each document's leading and trailing whitespace; false keeps every document exactly as
+    written (source code with byte_bpe: indentation, blank lines and the final newline stay)."""
+    fasta_header: Literal["drop", "keep"] = "drop"
+    """FASTA: a record's document is its sequence (drop), or its ">header" line, a newline and the
+    sequence (keep)."""
+    fasta_uppercase: bool = True
+    """FASTA: upper-case the residues (lower case often only marks soft-masked or inserted regions);
+    false keeps the case."""
     tokenizer: str = ""
     """A tokenizer.json to use; empty: train one on the corpus."""
     tokenizer_type: TokenizerType = "metaspace_bpe"
     """metaspace_bpe: BPE with a word-start marker, the same file in every process (deterministic);
-    wordpiece, bpe (## continuations) and unigram are not deterministic across processes
-    (huggingface/tokenizers#1794)."""
+    char: one token per character (proteins, DNA); byte_bpe: byte-level BPE that keeps every space, tab
+    and newline (source code); both deterministic. wordpiece, bpe (## continuations) and unigram are
+    not deterministic across processes (huggingface/tokenizers#1794)."""
+    extend_vocab: int = 0
+    """With train.init_from: add up to this many tokens learned from this corpus (the words the
+    checkpoint's tokenizer splits most often); old ids are kept. 0: the checkpoint's tokenizer as is."""
     vocab_size: int = 8192
     tokenizer_sample_bytes: int = 100_000_000
     """At most this much training-split text is sampled (evenly, by document hash) to train the tokenizer."""
@@ -65,7 +83,11 @@ class DataConfig:
     def validate(self) -> None:
         require_positive(self, "data", "vocab_size", "seq_len", "shard_blocks", "tokenizer_sample_bytes",
                          "max_chunk_chars", "max_record_chars")
+        require_nonnegative(self, "data", "extend_vocab")
         require_literals(self, "data")
+        bad = next((e for e in self.extensions if not str(e).strip(". ") or "/" in str(e)), None)
+        if bad is not None:
+            raise ConfigError(f"data.extensions: {bad!r} is not a file extension (write them like .py)")
         if self.max_chunk_chars < 1000:
             raise ConfigError(f"data.max_chunk_chars must be at least 1000, got {self.max_chunk_chars}")
         if self.min_chars > self.max_chunk_chars:
@@ -75,6 +97,35 @@ class DataConfig:
             raise ConfigError(f"data.validation_fraction must be in [0, 1), got {self.validation_fraction}")
         if self.seq_len < 8:
             raise ConfigError(f"data.seq_len must be at least 8, got {self.seq_len}")
+
+
+@dataclass
+class MaskSchedule:
+    """Masking rates as a pure function of training progress (step / max_steps, or the share of
+    train.budget_minutes spent): e.g. mmBERT's 30% -> 15% -> 5%, or Wettig et al.'s high early rate.
+    The rates in `collate` are the start values."""
+
+    kind: Literal["constant", "linear", "cosine", "steps"] = "constant"
+    mlm_probability_end: float | None = None
+    """linear/cosine: mlm_probability at the end of training; None: no change."""
+    mask_replace_prob_end: float | None = None
+    random_replace_prob_end: float | None = None
+    steps: list[list[float]] = field(default_factory=list)
+    """kind=steps: rows [from_fraction, mlm_probability], e.g. [[0, 0.3], [0.5, 0.15], [0.9, 0.05]]."""
+
+    def validate(self) -> None:
+        require_literals(self, "collate.schedule")
+        for name in ("mlm_probability_end", "mask_replace_prob_end", "random_replace_prob_end"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise ConfigError(f"collate.schedule.{name} must be between 0 and 1, got {value}")
+        if self.kind == "steps" and not self.steps:
+            raise ConfigError("collate.schedule.kind=steps needs collate.schedule.steps, rows "
+                              "[from_fraction, mlm_probability], e.g. [[0, 0.3], [0.5, 0.15]]")
+        for row in self.steps:
+            if len(row) != 2 or not 0.0 <= row[0] <= 1.0 or not 0.0 <= row[1] <= 1.0:
+                raise ConfigError(f"collate.schedule.steps: each row is [from_fraction, mlm_probability], "
+                                  f"both in [0, 1]; got {row}")
 
 
 @dataclass
@@ -90,6 +141,8 @@ class CollateConfig:
     """Of the selected tokens, the share replaced by a random non-special token (the rest stay)."""
     exact_count: bool = False
     """Select exactly round(p * eligible) tokens per row (token and weighted strategies)."""
+    schedule: MaskSchedule = field(default_factory=MaskSchedule)
+    """How the rates above change over training (default: constant)."""
 
     def validate(self) -> None:
         require_literals(self, "collate")
@@ -97,9 +150,15 @@ class CollateConfig:
         if self.exact_count and self.strategy not in ("token", "weighted"):
             raise ConfigError(f"collate.exact_count=true works with strategy token or weighted, "
                               f"not {self.strategy!r}")
-        if self.mask_replace_prob + self.random_replace_prob > 1.0:
-            raise ConfigError("collate.mask_replace_prob + collate.random_replace_prob must be at most 1, got "
-                              f"{self.mask_replace_prob} + {self.random_replace_prob}")
+        for mask, rand, where in ((self.mask_replace_prob, self.random_replace_prob, ""),
+                                  (self.schedule.mask_replace_prob_end, self.schedule.random_replace_prob_end,
+                                   " at the end of collate.schedule")):
+            mask = self.mask_replace_prob if mask is None else mask
+            rand = self.random_replace_prob if rand is None else rand
+            if mask + rand > 1.0:
+                raise ConfigError(f"collate.mask_replace_prob + collate.random_replace_prob must be at most 1{where}, "
+                                  f"got {mask} + {rand}")
+        self.schedule.validate()
 
 
 @dataclass
@@ -116,6 +175,12 @@ class TrainConfig:
     """The schedule decays to lr * min_lr_ratio."""
     warmup_steps: int = 100
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    budget_minutes: float = 0.0
+    """A time budget instead of a step count: warmup and decay follow the share of the budget spent
+    (wall time of the loop, resumed sessions included), so the run ends annealed whatever the
+    machine's speed. train.max_steps still caps the run. 0: off (the schedule follows the step)."""
+    warmup_fraction: float = 0.05
+    """With budget_minutes: the share of the budget spent warming up (warmup_steps counts steps)."""
     weight_decay: float = 0.01
     """AdamW decay on matrices; biases, norms and other vectors get none."""
     beta1: float = 0.9
@@ -140,6 +205,9 @@ class TrainConfig:
     """torch.use_deterministic_algorithms: bit-exact resume on CPU."""
     fsdp: bool = False
     """Under torchrun: FSDP2 fully_shard per block instead of DDP."""
+    init_from: str = ""
+    """Continued pretraining: start from this checkpoint (or a run's newest) with its weights, architecture
+    and tokenizer, a fresh optimizer and schedule. A run with checkpoints of its own resumes from them."""
 
     def validate(self) -> None:
         require_positive(self, "train", "max_steps", "batch_size", "log_every", "max_bad_steps")
@@ -149,6 +217,9 @@ class TrainConfig:
         if self.lr <= 0:
             raise ConfigError(f"train.lr must be positive, got {self.lr}")
         require_unit(self, "train", "min_lr_ratio")
+        require_nonnegative(self, "train", "budget_minutes")
+        if not 0.0 <= self.warmup_fraction < 1.0:
+            raise ConfigError(f"train.warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
 
 
 @dataclass
@@ -162,9 +233,14 @@ class EvalConfig:
     batch_size: int = 64
     seed: int = 1234
     """Fixed masking seed, so evaluations are comparable."""
+    mlm_probability: float | None = None
+    """Masking rate of the evaluation; None: the rate training ends on (the end of collate.schedule).
+    Set it (e.g. 0.15) to compare runs trained at different rates."""
 
     def validate(self) -> None:
         require_nonnegative(self, "eval", "every", "batches")
+        if self.mlm_probability is not None and not 0.0 < self.mlm_probability <= 1.0:
+            raise ConfigError(f"eval.mlm_probability must be in (0, 1], got {self.mlm_probability}")
         require_positive(self, "eval", "batch_size")
 
 

@@ -23,6 +23,7 @@ from mlm.collate import IGNORE_INDEX, MLMCollator
 from mlm.config import CollateConfig
 from mlm.data import BatchPlan, BlockDataset
 from mlm.errors import UserError
+from mlm.optim import value_at
 from mlm.runtime import Runtime
 
 Batch = dict[str, torch.Tensor]
@@ -31,11 +32,32 @@ LossFn = Callable[[nn.Module, Batch], torch.Tensor]  # summed loss over the batc
 
 # ---------------------------------------------------------------- batches
 
-def build_collator(c: CollateConfig, tokenizer: Any) -> MLMCollator:
-    """The run's masking collator (its masks come from a per-step generator, so no seed here)."""
-    return MLMCollator.from_tokenizer(tokenizer, mlm_probability=c.mlm_probability,
-                                      mask_replace_prob=c.mask_replace_prob, random_replace_prob=c.random_replace_prob,
+def build_collator(c: CollateConfig, tokenizer: Any, fraction: float = 0.0) -> MLMCollator:
+    """The run's masking collator with the rates of `fraction` of training (its masks come from a
+    per-step generator, so no seed here)."""
+    p, mask, rand = mask_rates(c, fraction)
+    return MLMCollator.from_tokenizer(tokenizer, mlm_probability=p, mask_replace_prob=mask, random_replace_prob=rand,
                                       strategy=c.strategy, exact_count=c.exact_count)
+
+
+def eval_collator(c: CollateConfig, tokenizer: Any, mlm_probability: float | None) -> MLMCollator:
+    """The validation collator: the rates training ends on, or a fixed `mlm_probability`."""
+    collator = build_collator(c, tokenizer, fraction=1.0)
+    if mlm_probability is not None:
+        collator.set_rates(mlm_probability, collator.mask_replace_prob, collator.random_replace_prob)
+    return collator
+
+
+def mask_rates(c: CollateConfig, fraction: float) -> tuple[float, float, float]:
+    """(mlm_probability, mask_replace_prob, random_replace_prob) at `fraction` (0..1) of training."""
+    sch = c.schedule
+    end = lambda value, start: start if value is None else value  # noqa: E731
+    return (value_at(fraction, c.mlm_probability, end(sch.mlm_probability_end, c.mlm_probability), sch.kind,
+                     sch.steps),
+            value_at(fraction, c.mask_replace_prob, end(sch.mask_replace_prob_end, c.mask_replace_prob),
+                     "constant" if sch.kind == "steps" else sch.kind),
+            value_at(fraction, c.random_replace_prob, end(sch.random_replace_prob_end, c.random_replace_prob),
+                     "constant" if sch.kind == "steps" else sch.kind))
 
 
 def batch_plan(batch_size: int, micro_batch_size: int, world_size: int) -> tuple[int, int]:
@@ -57,17 +79,21 @@ class MaskedBatches:
     batch and keeps its slice (`split_for_rank`).
     """
 
-    def __init__(self, dataset: BlockDataset, collator: MLMCollator, batch_size: int, seed: int):
+    def __init__(self, dataset: BlockDataset, collator: MLMCollator, batch_size: int, seed: int,
+                 schedule: CollateConfig | None = None):
         if len(dataset) == 0:
             raise UserError("the training split has no blocks: the corpus is smaller than one block "
                             "(data.seq_len tokens); add text or lower data.seq_len")
-        self.dataset, self.collator, self.seed = dataset, collator, seed
+        self.dataset, self.collator, self.seed, self.schedule = dataset, collator, seed, schedule
         self.plan = BatchPlan(len(dataset), batch_size, seed)
 
     def epoch_of(self, step: int) -> float:
         return self.plan.epoch_of(step)
 
-    def get(self, step: int) -> Batch:
+    def get(self, step: int, fraction: float = 0.0) -> Batch:
+        """The batch of `step`; with a schedule, masked at the rates of `fraction` of training."""
+        if self.schedule is not None and self.schedule.schedule.kind != "constant":
+            self.collator.set_rates(*mask_rates(self.schedule, fraction))
         blocks = self.dataset[self.plan.indices(step)]  # (batch, seq)
         rng = np.random.default_rng([self.seed, step])
         return without_full_mask(self.collator(blocks, generator=rng))

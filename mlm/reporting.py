@@ -61,31 +61,40 @@ def _duration(seconds: float) -> str:
 class Progress:
     """The trainer's progress on stderr: a tqdm bar on a terminal, plain lines otherwise."""
 
-    def __init__(self, enabled: bool, total: int, start: int, stream: TextIO | None = None):
+    def __init__(self, enabled: bool, total: int, start: int, stream: TextIO | None = None,
+                 budget_seconds: float = 0.0):
         self.stream = stream or sys.stderr
-        self.enabled, self.total, self.start = enabled, total, start
+        self.enabled, self.total, self.start, self.budget = enabled, total, start, budget_seconds
         self.terminal = enabled and self.stream.isatty()
-        self.bar = tqdm(total=total, initial=start, desc="train", dynamic_ncols=True,
+        self.bar = tqdm(total=None if budget_seconds else total, initial=start, desc="train", dynamic_ncols=True,
                         file=self.stream) if self.terminal else None
         self.started = time.monotonic()
         self.last_line = -float("inf")
 
-    def step(self, step: int, loss: float | None, lr: float, tokens_per_s: float, logged: bool) -> None:
-        """After each optimizer step; `logged` is True on the steps whose metrics were just logged."""
+    def step(self, step: int, loss: float | None, lr: float, tokens_per_s: float, logged: bool,
+             run_seconds: float = 0.0) -> None:
+        """After each optimizer step; `logged` is True on the steps whose metrics were just logged;
+        `run_seconds` is the run's time so far, against the budget (if any)."""
         if self.bar is not None:
             if logged and loss is not None:
                 self.bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:,.0f}")
             self.bar.update(1)
             return
         now = time.monotonic()
-        due = now - self.last_line >= MIN_SECONDS_BETWEEN_LINES or step in (self.start + 1, self.total)
+        due = now - self.last_line >= MIN_SECONDS_BETWEEN_LINES or step in (self.start + 1, self.total) or (
+            self.budget and run_seconds >= self.budget)
         if not (self.enabled and logged and due):
             return
         self.last_line = now
         elapsed = now - self.started
-        eta = elapsed / max(1, step - self.start) * (self.total - step)
         shown = "nan" if loss is None else f"{loss:.4f}"
-        self.line(f"step {step}/{self.total}  loss {shown}  lr {lr:.2e}  {tokens_per_s:,.0f} tok/s  "
+        if self.budget:
+            where = f"step {step} ({100 * min(1.0, run_seconds / self.budget):.0f}% of the budget)"
+            eta = self.budget - run_seconds
+        else:
+            where = f"step {step}/{self.total}"
+            eta = elapsed / max(1, step - self.start) * (self.total - step)
+        self.line(f"{where}  loss {shown}  lr {lr:.2e}  {tokens_per_s:,.0f} tok/s  "
                   f"elapsed {_duration(elapsed)}  eta {_duration(eta)}")
 
     def line(self, text: str) -> None:

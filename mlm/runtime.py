@@ -62,6 +62,14 @@ class Runtime:
         elif error is not None:
             raise error
 
+    def broadcast_float(self, value: float) -> float:
+        """Rank 0's `value` on every rank (a collective)."""
+        if not self.distributed:
+            return value
+        tensor = torch.tensor([value], dtype=torch.float64, device=self.device)
+        dist.broadcast(tensor, src=0)
+        return float(tensor.item())
+
     def any_rank(self, flag: bool) -> bool:
         """True on every rank when `flag` is True on at least one (a collective: all ranks must call it)."""
         if not self.distributed:

@@ -26,9 +26,9 @@ from mlm.collate import MLMCollator
 from mlm.config import Config, config_to_dict, load_config
 from mlm.data import PreparedData, prepare_data
 from mlm.errors import UserError, run_cli
-from mlm.loop import MaskedBatches, batch_plan, build_collator, evaluate, split_for_rank, train_step
+from mlm.loop import MaskedBatches, batch_plan, build_collator, eval_collator, evaluate, split_for_rank, train_step
 from mlm.model import MLMModel, ModelConfig
-from mlm.optim import build_optimizer, lr_at, set_lr
+from mlm.optim import BudgetClock, build_optimizer, lr_at, lr_at_fraction, set_lr
 from mlm.reporting import MetricsLog, Progress
 from mlm.runtime import Runtime, StopSignal, seed_everything, setup_runtime, shutdown
 from mlm.schema import to_yaml
@@ -41,13 +41,16 @@ class TrainState:
     """The loop's own counters, saved in every checkpoint (Stateful)."""
     step: int = 0
     bad_in_a_row: int = 0
+    elapsed_seconds: float = 0.0  # wall time of the loop so far, earlier sessions included (the budget clock)
 
     def state_dict(self, batch_size: int) -> dict[str, Any]:
-        return {"step": self.step, "bad_in_a_row": self.bad_in_a_row, "samples_seen": self.step * batch_size}
+        return {"step": self.step, "bad_in_a_row": self.bad_in_a_row, "samples_seen": self.step * batch_size,
+                "elapsed_seconds": self.elapsed_seconds}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step = int(state["step"])
         self.bad_in_a_row = int(state.get("bad_in_a_row", 0))
+        self.elapsed_seconds = float(state.get("elapsed_seconds", 0.0))  # absent before budgets existed
 
 
 @dataclass
@@ -63,12 +66,14 @@ class Run:
     train_model: torch.nn.Module  # what steps run: DDP / compiled wrapper, or the model itself
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler | None
-    collator: MLMCollator
+    collator: MLMCollator  # training masks (its rates follow collate.schedule)
+    eval_collator: MLMCollator  # validation masks (fixed rates)
     batches: MaskedBatches
     log: MetricsLog
     state: TrainState
     start_step: int = 0  # the step this session started from (0, or the resumed checkpoint's)
     progress: Progress | None = None
+    clock: BudgetClock | None = None  # set by fit: the loop's wall time against train.budget_minutes
     last_checkpoint_bytes: int = 0  # size of the last checkpoint written, for the free-space warning
     warned_space: bool = False
 
@@ -115,7 +120,8 @@ def setup(cfg: Config) -> Run:
     optimizer = build_optimizer(model, t.lr, t.weight_decay, (t.beta1, t.beta2), t.eps, rt.device)
     scaler = torch.amp.GradScaler(rt.device.type) if rt.precision == "fp16" else None
     run = Run(cfg, rt, out_dir, prepared, model_cfg, run_config_yaml, model, train_model, optimizer, scaler,
-              collator, MaskedBatches(prepared.train, collator, t.batch_size, t.seed),
+              collator, eval_collator(cfg.collate, prepared.tokenizer, cfg.eval.mlm_probability),
+              MaskedBatches(prepared.train, collator, t.batch_size, t.seed, cfg.collate),
               MetricsLog(out_dir / "metrics.jsonl", rt.is_main, cfg.log.tensorboard), TrainState())
     if trainer_state is not None:
         restore(run, trainer_state)
@@ -171,6 +177,8 @@ def save(run: Run) -> None:
     model_state = ckpt.full_model_state(run.model)
     optimizer_state = ckpt.full_optimizer_state(run.model, run.optimizer)
     error = None
+    if run.clock is not None:
+        run.state.elapsed_seconds = run.clock.elapsed()
     if run.rt.is_main:
         warn_if_space_is_short(run)
         trainer_state = {**run.state.state_dict(run.cfg.train.batch_size), "optimizer": optimizer_state,
@@ -205,8 +213,8 @@ def warn_if_space_is_short(run: Run) -> None:
 
 def run_eval(run: Run, max_batches: int, log: bool = True) -> dict[str, float]:
     c = run.cfg.eval
-    metrics = evaluate(run.train_model, run.prepared.validation, run.collator, run.rt, c.batch_size, max_batches,
-                       c.seed)
+    metrics = evaluate(run.train_model, run.prepared.validation, run.eval_collator, run.rt, c.batch_size,
+                       max_batches, c.seed)
     if log:
         run.log.write({"step": run.state.step, **metrics})
         if run.progress is not None:
@@ -223,9 +231,11 @@ def fit(run: Run) -> dict[str, Any]:
     has_val = len(run.prepared.validation) > 0
     if has_val:  # two batches before step 0: a broken eval fails in seconds, not hours
         run_eval(run, 2, log=False)
-    progress = run.progress = Progress(rt.is_main and cfg.log.progress, cfg.train.max_steps, state.step)
+    progress = run.progress = Progress(rt.is_main and cfg.log.progress, cfg.train.max_steps, state.step,
+                                       budget_seconds=60 * cfg.train.budget_minutes)
     meter = ThroughputMeter(cfg.train.batch_size * run.prepared.train.seq_len)
     started = time.monotonic()
+    run.clock = BudgetClock(60 * cfg.train.budget_minutes, state.elapsed_seconds)
     last_metrics: dict[str, Any] = {}
     stop_reason = "max_steps"
     run.train_model.train()
@@ -235,17 +245,18 @@ def fit(run: Run) -> dict[str, Any]:
             if logged is not None:
                 last_metrics = logged or last_metrics
             progress.step(state.step, last_metrics.get("train_loss"), last_metrics.get("lr", 0.0),
-                          last_metrics.get("tokens_per_s", 0.0), logged is not None)
+                          last_metrics.get("tokens_per_s", 0.0), logged is not None, run.clock.elapsed())
             periodic_events(run, has_val)
             reason = stop.requested or ("max_time" if cfg.train.max_time
                                         and time.monotonic() - started > cfg.train.max_time else None)
+            reason = reason or ("budget" if run.clock.spent() else None)
             reason = agreed_stop_reason(rt, reason)
             if reason is not None:
                 stop_reason = reason
                 break
     progress.close()
     final: dict[str, Any] = dict(last_metrics)
-    if stop_reason == "max_steps" and has_val:
+    if stop_reason in ("max_steps", "budget") and has_val:
         final.update(run_eval(run, cfg.eval.batches))
     save(run)
     final.update({"step": state.step, "stopped": stop_reason, "seconds": time.monotonic() - started})
@@ -278,10 +289,10 @@ def one_step(run: Run, meter: ThroughputMeter) -> dict[str, Any] | None:
     """One optimizer step; returns the logged metrics on a logging step ({} if the step was skipped), else None."""
     cfg, rt, state = run.cfg, run.rt, run.state
     t = cfg.train
-    lr = lr_at(state.step, t.lr, t.warmup_steps, t.max_steps, t.schedule, t.min_lr_ratio)
+    fraction, lr = schedule_point(run)
     set_lr(run.optimizer, lr)
     micro, accum = batch_plan(t.batch_size, t.micro_batch_size, rt.world_size)
-    micro_batches = split_for_rank(run.batches.get(state.step), rt.rank, rt.world_size, micro, accum)
+    micro_batches = split_for_rank(run.batches.get(state.step, fraction), rt.rank, rt.world_size, micro, accum)
     result = train_step(run.train_model, run.optimizer, micro_batches, rt, t.grad_clip, run.scaler)
     state.step += 1
     meter.add_step()
@@ -296,8 +307,22 @@ def one_step(run: Run, meter: ThroughputMeter) -> dict[str, Any] | None:
         return {}
     metrics = {"step": state.step, "train_loss": result.loss, "lr": lr, "grad_norm": result.grad_norm,
                "tokens_per_s": tokens_per_s, "epoch": run.batches.epoch_of(state.step)}
+    if t.budget_minutes:
+        metrics["budget_fraction"] = fraction
+    if cfg.collate.schedule.kind != "constant":
+        metrics["mlm_probability"] = run.collator.mlm_probability
     run.log.write(metrics)
     return metrics
+
+
+def schedule_point(run: Run) -> tuple[float, float]:
+    """(fraction of training done, learning rate) before the next step: by the step, or by the share of
+    train.budget_minutes spent. Every rank uses rank 0's clock, so all ranks mask and step alike."""
+    t, step = run.cfg.train, run.state.step
+    if not t.budget_minutes:
+        return step / t.max_steps, lr_at(step, t.lr, t.warmup_steps, t.max_steps, t.schedule, t.min_lr_ratio)
+    fraction = run.rt.broadcast_float(run.clock.fraction())
+    return fraction, lr_at_fraction(fraction, t.lr, t.warmup_fraction, t.schedule, t.min_lr_ratio)
 
 
 def note_skipped_step(run: Run, loss: float, grad_norm: float) -> None:
@@ -329,9 +354,10 @@ def agreed_stop_reason(rt: Runtime, reason: str | None) -> str | None:
     """Every rank must leave the loop at the same step: the strongest reason any rank has."""
     if not rt.distributed:
         return reason
-    flag = torch.tensor([0 if reason is None else 1 if reason == "max_time" else 2], device=rt.device)
+    codes = {None: 0, "max_time": 1, "budget": 2}
+    flag = torch.tensor([codes.get(reason, 3)], device=rt.device)
     torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-    return {0: None, 1: "max_time"}.get(int(flag), reason or "SIGTERM")
+    return {0: None, 1: "max_time", 2: "budget"}.get(int(flag), reason or "SIGTERM")
 
 
 def train(cfg: Config) -> dict[str, Any]:

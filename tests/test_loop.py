@@ -105,3 +105,26 @@ def test_evaluation_reports_accuracy_with_its_mask_and_block_clustered_standard_
     binomial = math.sqrt(accuracy * (1 - accuracy) / n.sum())
     assert metrics["eval_accuracy_stderr"] == pytest.approx(binomial)
     assert accuracy > 0.02 and 0.5 * binomial < stderr < 3 * binomial  # the same order of magnitude
+
+
+def test_a_mask_rate_schedule_masks_at_the_scheduled_rate_as_a_pure_function_of_progress(corpus_file, data_cache,
+                                                                                          tmp_path):
+    from mlm.loop import mask_rates
+
+    cfg = load_config(None, tiny_overrides(corpus_file, data_cache, tmp_path, **{
+        "collate.mlm_probability": 0.4, "collate.schedule.kind": "linear",
+        "collate.schedule.mlm_probability_end": 0.1}))
+    prepared = prepare_data(cfg)
+    assert mask_rates(cfg.collate, 0.5)[0] == pytest.approx(0.25)
+
+    def fresh() -> MaskedBatches:
+        return MaskedBatches(prepared.train, build_collator(cfg.collate, prepared.tokenizer), 256, seed=0,
+                             schedule=cfg.collate)
+
+    batches = fresh()
+    for fraction, rate in ((0.0, 0.4), (0.5, 0.25), (1.0, 0.1)):
+        labels = torch.cat([batches.get(step, fraction)["labels"] for step in range(4)])  # ~30,000 tokens
+        measured = (labels != -100).float().mean().item() * 32 / 31  # [CLS] is never eligible
+        assert abs(measured - rate) < 0.015, (fraction, measured)  # SE < 0.003 at these sizes
+    # A resumed run (a fresh object) makes the same batch for the same (step, fraction).
+    assert torch.equal(fresh().get(7, 0.3)["input_ids"], batches.get(7, 0.3)["input_ids"])

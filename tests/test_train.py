@@ -309,3 +309,43 @@ def test_reject_unverified_moves_the_corrupt_checkpoint_aside_and_starts_over(re
     assert final["step"] == 6
     assert (out / "checkpoints" / "rejected" / "step_5" / ck.MODEL_FILE).read_bytes() == b"broken"
     assert _train_losses(out)[1] == _train_losses(ref_out)[1]  # started from step 0
+
+
+# ---------------------------------------------------------------- budgets and schedules
+
+
+def test_a_budget_run_ends_annealed_and_a_resumed_one_continues_on_the_same_curve(corpus_file, data_cache,
+                                                                                   tmp_path):
+    from mlm.optim import lr_at_fraction
+
+    out = tmp_path / "budget"
+    common = {"train.max_steps": 10**6, "train.budget_minutes": 0.08, "train.schedule": "cosine",
+              "train.warmup_fraction": 0.1, "checkpoint.every": 0, "eval.every": 0}
+    first = train(load_config(None, tiny_overrides(corpus_file, data_cache, out, **{**common, "train.max_time": 1.5})))
+    assert first["stopped"] == "max_time"
+    saved = ck.load_trainer_state(ck.latest_checkpoint(out / "checkpoints"))["elapsed_seconds"]
+    assert 1.5 <= saved < 4.8
+    final = train(load_config(None, tiny_overrides(corpus_file, data_cache, out, **common)))
+    assert final["stopped"] == "budget" and final["step"] > first["step"]
+    events = [m for m in _metrics(out) if "budget_fraction" in m]
+    fractions = [m["budget_fraction"] for m in events]
+    assert fractions == sorted(fractions) and fractions[-1] > 0.9  # one curve across the two sessions
+    resumed = [m for m in events if m["step"] > first["step"]]
+    assert resumed[0]["budget_fraction"] >= saved / 4.8 - 1e-9
+    for m in events:  # every step's lr is the schedule at its share of the budget
+        assert m["lr"] == pytest.approx(lr_at_fraction(m["budget_fraction"], 3e-3, 0.1, "cosine", 0.1))
+    assert events[-1]["lr"] < 3e-4 + 0.05 * 3e-3  # annealed to (nearly) the floor
+
+
+def test_a_mask_rate_schedule_resumes_exactly(reference_run, corpus_file, data_cache, tmp_path):
+    import shutil
+    schedule = {"collate.mlm_probability": 0.4, "collate.schedule.kind": "steps",
+                "collate.schedule.steps": "[[0, 0.4], [0.5, 0.15]]", "checkpoint.every": 10}
+    whole = tmp_path / "whole"
+    train(load_config(None, tiny_overrides(corpus_file, data_cache, whole, **schedule)))
+    rates = {m["step"]: m["mlm_probability"] for m in _metrics(whole) if "mlm_probability" in m}
+    assert rates[9] == 0.4 and rates[11] == 0.15  # the step's rate, logged after it
+    resumed = tmp_path / "resumed"
+    shutil.copytree(whole / "checkpoints" / "step_10", resumed / "checkpoints" / "step_10")
+    train(load_config(None, tiny_overrides(corpus_file, data_cache, resumed, **schedule)))
+    assert _train_losses(resumed) == {s: v for s, v in _train_losses(whole).items() if s > 10}
