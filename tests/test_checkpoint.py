@@ -160,3 +160,38 @@ def test_resaving_a_step_over_a_broken_folder_moves_the_broken_one_aside(tmp_pat
     _save(tmp_path, 5, value=2.0)
     assert ck.verify_checkpoint(tmp_path / "step_5") is None
     assert (tmp_path / ck.REJECTED_DIR / "step_5" / ck.MODEL_FILE).read_bytes() == b"x"
+
+
+def _write_then_fail_with(error):
+    def fake_save_file(tensors, path, metadata=None):
+        with open(path, "wb") as fh:
+            fh.write(b"partial")  # part of the file made it to disk
+        raise error
+    return fake_save_file
+
+
+@pytest.mark.parametrize("error", [
+    OSError(28, "No space left on device"),
+    RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1088 vs 1024"),
+])
+def test_a_save_that_hits_a_full_disk_keeps_the_previous_checkpoint_and_leaves_no_temporary(tmp_path, monkeypatch,
+                                                                                             error):
+    from mlm.storage import StorageError
+
+    _save(tmp_path, 1)
+    monkeypatch.setattr(ck, "save_file", _write_then_fail_with(error))
+    with pytest.raises(StorageError) as caught:
+        _save(tmp_path, 2)
+    message = str(caught.value)
+    assert "\n" not in message and "checkpoint step_2" in message and "No space left on device" in message
+    assert "free on that filesystem" in message and "newest intact checkpoint is" in message
+    assert "step_1" in message and "checkpoint.keep" in message and "output_dir" in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_1"]
+    assert ck.verify_checkpoint(tmp_path / "step_1") is None
+
+
+def test_a_bug_in_saving_is_not_dressed_up_as_a_full_disk(tmp_path, monkeypatch):
+    monkeypatch.setattr(ck, "save_file", _write_then_fail_with(TypeError("not a tensor")))
+    with pytest.raises(TypeError):
+        _save(tmp_path, 1)
+    assert not list(tmp_path.iterdir())

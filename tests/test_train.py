@@ -349,3 +349,59 @@ def test_a_mask_rate_schedule_resumes_exactly(reference_run, corpus_file, data_c
     shutil.copytree(whole / "checkpoints" / "step_10", resumed / "checkpoints" / "step_10")
     train(load_config(None, tiny_overrides(corpus_file, data_cache, resumed, **schedule)))
     assert _train_losses(resumed) == {s: v for s, v in _train_losses(whole).items() if s > 10}
+
+
+# ---------------------------------------------------------------- a full disk, a read-only folder, leftovers
+
+
+def test_a_full_disk_mid_run_is_one_line_keeps_the_last_checkpoint_and_the_same_command_recovers(
+        reference_run, corpus_file, data_cache, tmp_path, monkeypatch, capsys):
+    from mlm.errors import run_cli
+
+    ref_out, _ = reference_run
+    out = tmp_path / "full"
+    argv = tiny_overrides(corpus_file, data_cache, out)
+    real_save_file, calls = ck.save_file, []
+
+    def disk_fills_on_the_second_save(tensors, path, metadata=None):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return real_save_file(tensors, path, metadata=metadata)
+
+    monkeypatch.setattr(ck, "save_file", disk_fills_on_the_second_save)
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(mlm.train.main, argv)
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exit_.value.code == 2 and err.startswith("error: cannot write checkpoint step_10")
+    assert "No space left on device" in err and "step_5" in err
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step_5"]
+    monkeypatch.setattr(ck, "save_file", real_save_file)  # space freed
+    final = train(load_config(None, argv))
+    assert final["step"] == 20
+    assert _train_losses(out) == _train_losses(ref_out)
+
+
+def test_leftovers_of_a_killed_save_are_removed_at_start(reference_run, corpus_file, data_cache, tmp_path, capsys):
+    import shutil
+    ref_out, _ = reference_run
+    out = tmp_path / "leftover"
+    shutil.copytree(ref_out / "checkpoints" / "step_15", out / "checkpoints" / "step_15")
+    (out / "checkpoints" / ".tmp_step_20_4242").mkdir()
+    (out / "checkpoints" / ".tmp_step_20_4242" / ck.MODEL_FILE).write_bytes(b"half a file")
+    train(load_config(None, tiny_overrides(corpus_file, data_cache, out)))
+    assert "removed" in capsys.readouterr().err and ".tmp_step_20_4242" not in os.listdir(out / "checkpoints")
+    assert ck.latest_checkpoint(out / "checkpoints").name == "step_20"
+
+
+def test_a_read_only_output_folder_is_refused_before_any_work(corpus_file, tmp_path, monkeypatch):
+    import errno
+
+    import mlm.storage
+    cache = tmp_path / "cache"
+    monkeypatch.setattr(mlm.storage, "open", lambda *a, **k: (_ for _ in ()).throw(
+        OSError(errno.EROFS, "Read-only file system")), raising=False)
+    cfg = load_config(None, tiny_overrides(corpus_file, cache, tmp_path / "ro"))
+    with pytest.raises(UserError, match=r"ro: cannot write the run output there \(Read-only file system\)"):
+        train(cfg)
+    assert not cache.exists()  # no data was prepared
