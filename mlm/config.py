@@ -39,7 +39,7 @@ class DataConfig:
     (source code and other files whose lines are not documents)."""
     extensions: list[str] = field(default_factory=list)
     """Extensions a directory or glob in train_files contributes, e.g. [.py]; empty: those of the known
-    formats (.txt .text .jsonl .ndjson .json .parquet .fasta .fa .faa .fna), compressed or not. A file
+    formats (.txt .jsonl .json .parquet .fasta .fa ..., see README), compressed or not. A file
     named explicitly is always read."""
     strip_whitespace: bool = True
     """Strip each document's leading and trailing whitespace; false keeps every document exactly as

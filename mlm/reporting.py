@@ -15,16 +15,21 @@ from typing import Any, TextIO
 
 from tqdm import tqdm
 
-from mlm.storage import append_text, write_text_atomic
+from mlm.storage import StorageError, append_text, write_text_atomic
 
 MIN_SECONDS_BETWEEN_LINES = 5.0
 
 
 class MetricsLog:
-    """Appends one JSON object per event to metrics.jsonl (rank 0 only); TensorBoard optional."""
+    """Appends one JSON object per event to metrics.jsonl (rank 0 only); TensorBoard optional.
+
+    A failed write (disk full) is kept in `failed` instead of raised, and nothing more is written:
+    the trainer raises it on every rank at the end of the step, so no rank waits in a collective.
+    """
 
     def __init__(self, path: Path, enabled: bool, tensorboard: bool):
         self.path, self.enabled, self.tb = path, enabled, None
+        self.failed: StorageError | None = None
         if enabled and tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -34,9 +39,13 @@ class MetricsLog:
                       "pip install tensorboard", file=sys.stderr)
 
     def write(self, event: dict[str, Any]) -> None:
-        if not self.enabled:
+        if not self.enabled or self.failed is not None:
             return
-        append_text(self.path, json.dumps(event) + "\n", what="metrics")
+        try:
+            append_text(self.path, json.dumps(event) + "\n", what="metrics")
+        except StorageError as err:
+            self.failed = err
+            return
         if self.tb is not None:
             for k, v in event.items():
                 if k != "step" and isinstance(v, (int, float)):

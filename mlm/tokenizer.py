@@ -7,11 +7,13 @@ can never be a token of probability zero.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from mlm.errors import UserError
 
@@ -94,10 +96,43 @@ def _unigram(vocab_size: int, show_progress: bool) -> tuple[Tokenizer, trainers.
                                         show_progress=show_progress)
 
 
-# kind -> (untrained tokenizer, its trainer). Deterministic across processes: metaspace_bpe.
-# Not (huggingface/tokenizers#1794; measured with tokenizers 0.23.3): wordpiece, bpe, unigram.
-RECIPES = {"metaspace_bpe": _metaspace_bpe, "wordpiece": _wordpiece, "bpe": _bpe, "unigram": _unigram}
-DETERMINISTIC_KINDS = ("metaspace_bpe",)
+def _char(vocab_size: int, show_progress: bool) -> tuple[Tokenizer, trainers.Trainer]:
+    """One token per character (proteins, DNA): each character is its own pre-token, the vocabulary is
+    the corpus's most frequent characters (ties in code-point order), the rest map to [UNK]. No
+    normaliser: case, spaces and every other character are kept as they are."""
+    tok = Tokenizer(models.WordLevel(unk_token=UNK))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    return tok, trainers.WordLevelTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
+                                          show_progress=show_progress)
+
+
+# Code-aware pre-tokens: identifiers and numbers (underscores included) with an optional leading space,
+# punctuation runs with an optional leading space, whitespace runs (the last space stays with the next
+# word, as in GPT-2). No contractions: `'s` inside a string literal is not English.
+CODE_PRE_TOKENS = r" ?[\p{L}\p{N}_]+| ?[^\s\p{L}\p{N}_]+|\s+(?!\S)|\s+"
+
+
+def _byte_bpe(vocab_size: int, show_progress: bool) -> tuple[Tokenizer, trainers.Trainer]:
+    """Byte-level BPE for source code: no normaliser, every byte is in the alphabet (no [UNK]), and
+    spaces, tabs and newlines are tokens ("Ġ", "ĉ", "Ċ" and their merges, e.g. a newline plus an
+    indent), so `decode(encode(text)) == text` exactly. Deterministic like metaspace_bpe (no
+    continuing-subword prefix)."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(CODE_PRE_TOKENS), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    return tok, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=show_progress,
+                                    initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+
+
+# kind -> (untrained tokenizer, its trainer). Deterministic across processes (tested, three processes each):
+# metaspace_bpe, char, byte_bpe. Not (huggingface/tokenizers#1794; measured with tokenizers 0.23.3):
+# wordpiece, bpe, unigram.
+RECIPES = {"metaspace_bpe": _metaspace_bpe, "wordpiece": _wordpiece, "bpe": _bpe, "unigram": _unigram,
+           "char": _char, "byte_bpe": _byte_bpe}
+DETERMINISTIC_KINDS = ("metaspace_bpe", "char", "byte_bpe")
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int, kind: str = "metaspace_bpe",
@@ -151,6 +186,171 @@ def tokenizer_hash(tokenizer: Tokenizer) -> str:
     """A short content hash: caches built with one tokenizer are never reused with another."""
     canonical = json.dumps(json.loads(tokenizer.to_str()), sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+# ------------------------------------------------------------------ what a tokenizer is, and extending one
+
+EXTENDABLE_KINDS = ("metaspace_bpe", "byte_bpe", "wordpiece")
+EXTENSION_VERSION = 1
+"""Part of the cache name of an extended tokenizer: bump it when `extend_tokenizer` would give another result."""
+
+
+def tokenizer_kind(tokenizer: Tokenizer) -> str:
+    """The `RECIPES` kind a tokenizer was built as, read from its tokenizer.json; "other" when none fits
+    (a GPT-2-style byte-level BPE counts as byte_bpe)."""
+    config = json.loads(tokenizer.to_str())
+    model = config.get("model") or {}
+    pre = json.dumps(config.get("pre_tokenizer"))
+    kind = model.get("type")
+    if kind == "WordLevel" and '"Split"' in pre:
+        return "char"
+    if kind in ("WordPiece", "Unigram"):
+        return kind.lower()
+    if kind == "BPE" and model.get("continuing_subword_prefix"):
+        return "bpe"
+    if kind == "BPE" and '"ByteLevel"' in pre:
+        return "byte_bpe"
+    if kind == "BPE" and '"Metaspace"' in pre:
+        return "metaspace_bpe"
+    return "other"
+
+
+def word_counts(tokenizer: Tokenizer, texts: Iterable[str]) -> Counter:
+    """How often each word occurs in `texts`, a word being a pre-token as the tokenizer's model sees it
+    (normalised and pre-tokenized: "▁pneumonia" for metaspace_bpe, "Ġself" for byte_bpe)."""
+    counts: Counter = Counter()
+    normalizer, pre = tokenizer.normalizer, tokenizer.pre_tokenizer
+    for text in texts:
+        if normalizer is not None:
+            text = normalizer.normalize_str(text)
+        if pre is None:
+            counts[text] += 1
+        else:
+            counts.update(piece for piece, _ in pre.pre_tokenize_str(text))
+    return counts
+
+
+def extend_tokenizer(tokenizer: Tokenizer, texts: Iterable[str], max_new: int) -> Tokenizer:
+    """`tokenizer` with up to `max_new` more tokens: the words of `texts` that it splits, most frequent
+    first (ties in string order), each made one token. Every old id keeps its token; new ids follow
+    the old ones. BPE (metaspace_bpe, byte_bpe): each word gets the merges that join its current pieces
+    left to right, appended after the old merges (which therefore still apply first), so a word of k
+    pieces costs up to k - 1 tokens (the intermediate joins are tokens too); WordPiece: the word is
+    added to the vocabulary. Deterministic: the same inputs give the same file."""
+    kind = tokenizer_kind(tokenizer)
+    if kind not in EXTENDABLE_KINDS:
+        what = "a character tokenizer (one token per character) cannot be extended by subwords" if kind == "char" \
+            else f"extending a {kind} tokenizer is not supported (only {', '.join(EXTENDABLE_KINDS)})"
+        raise UserError(f"data.extend_vocab: {what}; set data.extend_vocab=0")
+    counts = word_counts(tokenizer, texts)
+    config = json.loads(tokenizer.to_str())
+    model = config["model"]
+    unk = model.get("unk_token")
+    split_words = (w for w, _ in sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+                   if w not in model["vocab"] and _is_split(tokenizer, w, unk))
+    next_id = tokenizer.get_vocab_size(with_added_tokens=True)
+    if kind == "wordpiece":
+        for word in itertools.islice(split_words, max_new):
+            model["vocab"][word] = next_id
+            next_id += 1
+    else:
+        _add_bpe_words(model, split_words, max_new, next_id)
+    return Tokenizer.from_str(json.dumps(config, ensure_ascii=False))
+
+
+def _is_split(tokenizer: Tokenizer, word: str, unk: str | None) -> bool:
+    pieces = [t.value for t in tokenizer.model.tokenize(word)]
+    return len(pieces) > 1 and unk not in pieces
+
+
+def _add_bpe_words(model: dict, words: Iterable[str], max_new: int, next_id: int) -> None:
+    """Append to a BPE model's vocab and merges what makes each word one token, while it fits in
+    `max_new` new tokens. A word's pieces are joined by the merge tree that needs the fewest new
+    tokens (joins that are already tokens are free); a word the result would not make one token is
+    left out (checked by running the merges)."""
+    vocab, merges = model["vocab"], model["merges"]
+    as_strings = bool(merges) and isinstance(merges[0], str)  # older tokenizer.json files: "a b"
+    ranks = {tuple(m.split(" ", 1)) if as_strings else tuple(m): r for r, m in enumerate(merges)}
+    budget = max_new
+    for tried, word in enumerate(words):
+        if budget <= 0 or tried >= MAX_EXTENSION_TRIES * max_new:  # the rest cost more than what is left
+            return
+        if len(word) > MAX_EXTENSION_WORD or any(ch not in vocab for ch in word):
+            continue
+        pieces = _bpe_segments(list(word), ranks)
+        if len(pieces) < 2:
+            continue
+        joins = _cheapest_joins(pieces, vocab)
+        new = [a + b for a, b in joins if a + b not in vocab]
+        if len(new) > budget:
+            continue
+        added = [pair for pair in joins if pair not in ranks]
+        for pair in added:
+            ranks[pair] = len(ranks)
+        if _bpe_segments(list(word), ranks) != [word]:  # an old merge took over half-way: leave the word out
+            for pair in added:
+                del ranks[pair]
+            continue
+        merges.extend(" ".join(pair) if as_strings else list(pair) for pair in added)
+        for token in new:
+            vocab[token] = next_id
+            next_id += 1
+        budget -= len(new)
+
+
+MAX_EXTENSION_WORD = 64
+"""Longer pre-tokens (runs of punctuation or spaces) are never made one token."""
+MAX_EXTENSION_TRIES = 50
+"""At most this many split words per new token are tried (the budget may end with a few unused)."""
+
+
+def _cheapest_joins(pieces: list[str], vocab: dict) -> list[tuple[str, str]]:
+    """The merges (children before parents) that join `pieces` into one token with the fewest joins
+    that are not tokens yet: a binary tree over the pieces, by dynamic programming over ranges."""
+    k = len(pieces)
+    text = ["".join(pieces[i:j + 1]) for i in range(k) for j in range(k)]  # text[i * k + j]
+    cost: dict[tuple[int, int], tuple[int, int]] = {(i, i): (0, -1) for i in range(k)}
+    for width in range(1, k):
+        for i in range(k - width):
+            j = i + width
+            own = 0 if (i, j) != (0, k - 1) and text[i * k + j] in vocab else 1
+            cost[i, j] = min((cost[i, m][0] + cost[m + 1, j][0] + own, m) for m in range(i, j))
+    joins: list[tuple[str, str]] = []
+
+    def build(i: int, j: int) -> None:
+        if i == j:
+            return
+        m = cost[i, j][1]
+        build(i, m)
+        build(m + 1, j)
+        joins.append((text[i * k + m], text[(m + 1) * k + j]))
+
+    build(0, k - 1)
+    return joins
+
+
+def _bpe_segments(symbols: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
+    """BPE as the `tokenizers` model applies it: repeatedly join the leftmost pair of lowest rank."""
+    while len(symbols) > 1:
+        rank, i = min((ranks.get(pair, 1 << 62), i) for i, pair in enumerate(zip(symbols, symbols[1:])))
+        if rank == 1 << 62:
+            break
+        symbols[i:i + 2] = [symbols[i] + symbols[i + 1]]
+    return symbols
+
+
+def replaced_pieces(old: Tokenizer, new: Tokenizer) -> dict[int, list[int]]:
+    """For each id of `new` that `old` does not have: the old ids its token splits into under `old`'s
+    model ([UNK] left out), from which a new embedding is initialised. A `new` that gives an old token
+    another id, or drops one, is refused."""
+    old_vocab, new_vocab = old.get_vocab(with_added_tokens=True), new.get_vocab(with_added_tokens=True)
+    moved = next((t for t, i in old_vocab.items() if new_vocab.get(t) != i), None)
+    if moved is not None:
+        raise UserError(f"the tokenizer does not keep the old ids (token {moved!r} was id {old_vocab[moved]}, "
+                        f"now {new_vocab.get(moved)})")
+    unk = old.token_to_id(UNK)
+    return {i: [t.id for t in old.model.tokenize(token) if t.id != unk]
+            for token, i in sorted(new_vocab.items(), key=lambda item: item[1]) if token not in old_vocab}
 
 
 def batched(items: Iterable[str], size: int) -> Iterator[list[str]]:

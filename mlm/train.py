@@ -34,6 +34,7 @@ from mlm.runtime import Runtime, StopSignal, seed_everything, setup_runtime, shu
 from mlm.schema import to_yaml
 from mlm.storage import format_bytes, free_bytes, remove_leftovers, require_writable, write_text_atomic
 from mlm.tokenizer import model_config_for
+from mlm.warmstart import warm_start
 
 
 @dataclass
@@ -94,12 +95,13 @@ def setup(cfg: Config) -> Run:
         require_writable(out_dir, "run output")
     # Before any work or any write: a folder of checkpoints that do not verify stops the run here.
     resume_from = find_resume_point(rt, out_dir / "checkpoints", cfg.checkpoint.reject_unverified)
+    start = warm_start(cfg, resume_from)  # train.init_from: that checkpoint's tokenizer, architecture, weights
     if not rt.is_main:
         rt.barrier()
-    prepared = prepare_data(cfg)
+    prepared = prepare_data(cfg, tokenizer=start.tokenizer, extend_vocab=start.extend_vocab)
     if rt.is_main:
         rt.barrier()
-    model_cfg = model_config_for(cfg.model, prepared.tokenizer)
+    model_cfg = start.model_config(cfg.model, prepared.tokenizer)
     if prepared.train.seq_len > model_cfg.max_seq_len:
         raise UserError(f"data.seq_len ({prepared.train.seq_len}) exceeds model.max_seq_len ({model_cfg.max_seq_len})")
     resolved = config_to_dict(cfg)
@@ -110,6 +112,7 @@ def setup(cfg: Config) -> Run:
 
     seed_everything(t.seed)
     model = MLMModel(model_cfg).to(rt.device)
+    start.load_weights(model, prepared.tokenizer, verbose=rt.is_main)  # nothing without init_from or when resuming
     collator = build_collator(cfg.collate, prepared.tokenizer)
     trainer_state = None
     if resume_from is not None:
@@ -250,7 +253,9 @@ def fit(run: Run) -> dict[str, Any]:
             reason = stop.requested or ("max_time" if cfg.train.max_time
                                         and time.monotonic() - started > cfg.train.max_time else None)
             reason = reason or ("budget" if run.clock.spent() else None)
-            reason = agreed_stop_reason(rt, reason)
+            reason = agreed_stop_reason(rt, "error" if run.log.failed else reason)
+            if reason == "error":
+                rt.raise_together(run.log.failed)
             if reason is not None:
                 stop_reason = reason
                 break
@@ -260,12 +265,18 @@ def fit(run: Run) -> dict[str, Any]:
         final.update(run_eval(run, cfg.eval.batches))
     save(run)
     final.update({"step": state.step, "stopped": stop_reason, "seconds": time.monotonic() - started})
+    error = run.log.failed
+    if rt.is_main and error is None:
+        try:
+            write_text_atomic(run.out_dir / "final_metrics.json", json.dumps(final, indent=2),
+                              what="the final metrics")
+        except UserError as err:
+            error = err
+    rt.raise_together(error)
     if rt.is_main:
-        write_text_atomic(run.out_dir / "final_metrics.json", json.dumps(final, indent=2), what="the final metrics")
         print(json.dumps({k: final[k] for k in ("step", "stopped", "train_loss", "eval_loss", "eval_accuracy",
                                                   "eval_accuracy_stderr")
                           if k in final}), file=sys.stderr)
-    rt.barrier()
     return final
 
 
@@ -354,10 +365,10 @@ def agreed_stop_reason(rt: Runtime, reason: str | None) -> str | None:
     """Every rank must leave the loop at the same step: the strongest reason any rank has."""
     if not rt.distributed:
         return reason
-    codes = {None: 0, "max_time": 1, "budget": 2}
+    codes = {None: 0, "max_time": 1, "budget": 2, "error": 4}
     flag = torch.tensor([codes.get(reason, 3)], device=rt.device)
     torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-    return {0: None, 1: "max_time", 2: "budget"}.get(int(flag), reason or "SIGTERM")
+    return {0: None, 1: "max_time", 2: "budget", 4: "error"}.get(int(flag), reason or "SIGTERM")
 
 
 def train(cfg: Config) -> dict[str, Any]:

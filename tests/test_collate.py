@@ -6,9 +6,14 @@ errors wide yet tight enough that an off-by-a-rule implementation fails.
 """
 from __future__ import annotations
 
+import inspect
 import io
+import json.decoder
 import pickle
+import re
+import textwrap
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pydoc_data.topics
@@ -599,3 +604,64 @@ def test_tokens_without_a_word_are_never_selected_by_word_strategies(strategy, n
     assert not selected[:, wordless].any()
     rate = selected[:, ~wordless].float().mean().item()
     assert abs(rate - 0.3) < 0.03, rate  # the others keep the asked ratio (12,000 words: 0.03 is ~7 standard errors)
+
+
+# ---------------------------------------------------------------------- code and character vocabularies
+
+IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def test_byte_level_words_follow_identifier_boundaries():
+    """byte_bpe (code): a word starts at a space, newline/indent or punctuation token, so no identifier
+    is ever cut (`snake_case`, `__init__`) and no word holds two identifiers (`foo.bar` is `foo`, `.bar`)."""
+    source = Path(json.decoder.__file__).read_text(encoding="utf-8") + inspect.getsource(textwrap)
+    assert source.isascii()  # character offsets are byte offsets
+    tok = train_tokenizer([source], 1200, "byte_bpe")
+    table = MLMCollator.from_tokenizer(tok).is_continuation
+    enc = tok.encode(source, add_special_tokens=False)
+    word_starts = np.array([start for i, (start, _) in zip(enc.ids, enc.offsets) if not table[i]])
+    identifiers = [m.span() for m in IDENTIFIER.finditer(source)]
+    assert len(identifiers) > 2000 and (~table[enc.ids]).sum() < len(enc.ids)  # multi-token words occur
+    starts_inside = np.array([np.searchsorted(word_starts, s, "right") < np.searchsorted(word_starts, e, "left")
+                              for s, e in identifiers])
+    assert not starts_inside.any()  # no word starts inside an identifier
+    between = np.array([np.searchsorted(word_starts, e1, "left") < np.searchsorted(word_starts, s2, "right")
+                        for (_, e1), (s2, _) in zip(identifiers, identifiers[1:])])
+    assert between.all()  # a word starts between any two identifiers
+    code = "    def __init__(self, snake_case):\n        return foo.bar(x)\n"
+    ids = tok.encode(code, add_special_tokens=False).ids
+    words = [[]]
+    for i in ids:
+        if not table[i] and words[-1]:
+            words.append([])
+        words[-1].append(i)
+    texts = [tok.decode(w) for w in words]
+    assert " __init__" in texts and " snake_case" in texts and ".bar" in texts and "(self" in texts
+
+
+def test_whole_word_on_code_masks_identifiers_entirely():
+    source = Path(json.decoder.__file__).read_text(encoding="utf-8")
+    tok = train_tokenizer([source], 800, "byte_bpe")
+    enc = tok.encode(source, add_special_tokens=False)
+    table = MLMCollator.from_tokenizer(tok).is_continuation
+    word = np.cumsum(~table[enc.ids])  # word number of every token, by the table
+    examples = [{"input_ids": enc.ids[i:i + WIDTH], "word_ids": word[i:i + WIDTH].tolist()}
+                for i in range(0, len(enc.ids) - WIDTH, WIDTH)]
+    masked = run(collate_for(tok, "whole_word", mlm_probability=0.3), examples, passes=20)
+    per_word_selected, per_word_size = word_selection(masked)
+    assert ((per_word_selected == 0) | (per_word_selected == per_word_size)).all()
+    assert abs(masked.selected[masked.attention == 1].mean() - 0.3) < 0.02
+
+
+def test_on_a_char_vocabulary_whole_word_is_token_masking_and_spans_count_residues():
+    tok = train_tokenizer(["ACDEFGHIKLMNPQRSTVWY"], 25, "char")
+    assert not MLMCollator.from_tokenizer(tok).is_continuation.any()  # every residue is a word
+    rng = np.random.default_rng(0)
+    residues = np.array([tok.token_to_id(c) for c in "ACDEFGHIKLMNPQRSTVWY"])
+    examples = [{"input_ids": rng.choice(residues, WIDTH).tolist(), "word_ids": list(range(WIDTH))}
+                for _ in range(800)]
+    whole = run(collate_for(tok, "whole_word"), examples)
+    assert abs(whole.selected.mean() - 0.15) < 0.005
+    lengths, _ = span_runs(run(collate_for(tok, "span"), examples, passes=2))
+    assert lengths.max() <= SPAN_MAX_WORDS
+    assert abs(lengths.mean() / SPAN_MEAN_WORDS - 1) <= 0.05  # spans of 3.8 residues on average

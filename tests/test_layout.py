@@ -27,7 +27,7 @@ LAYERS = [
     {"tokenizer", "model"},
     {"config", "collate", "data", "runtime", "optim"},
     {"checkpoint", "loop", "reporting", "tasks"},
-    {"scoring", "hf", "finetune"},
+    {"scoring", "hf", "finetune", "warmstart"},
     {"train", "evaluate", "probe", "fill_mask", "export_hf", "prepare", "plot", "benchmark"},
 ]
 

@@ -27,10 +27,11 @@ One job per module, in the order the data flows:
     stdlib_corpus    the default corpus (stdlib docstrings)
     decoding         compression, text encodings, lines with NUL / undecodable-byte repair
     readers          Source, and one document stream per format (the format registry)
+    fasta            the FASTA reader: one document per record
     report           the dirty-input report (SKIP_REASONS, REPAIR_REASONS)
     cutting          where a long text is cut (at whitespace)
     documents        the piece stream: cleaning, long documents, split hash, resume position
-    tokenizer_sample training the tokenizer on an even sample of the corpus
+    tokenizer_sample training (or extending) the tokenizer on an even sample of the corpus
     pipeline         the pipelined tokenize -> pack -> write pass, with checkpoints
     shards           shard files, index.json, progress.json
     prepare          prepare_data: cache key, lock, tokenizer, reuse; format_summary

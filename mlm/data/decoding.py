@@ -277,6 +277,21 @@ class LineReader:
         if carry:
             yield lineno, carry, True
 
+    def chunks(self) -> Iterator[str]:
+        """The whole text, unsplit, in chunks of about `READ_BYTES`: NUL characters removed and
+        undecodable sequences replaced by U+FFFD, both counted with their line numbers."""
+        stream = self.stream
+        lineno = 1
+        while True:
+            chunk = stream.read()
+            if not chunk:
+                return
+            newlines = chunk.count("\n")
+            if "\x00" in chunk or (stream.replaced and UNDECODABLE in chunk):
+                chunk = self._repair(chunk, lineno)
+            lineno += newlines
+            yield chunk
+
     def _repair(self, chunk: str, lineno: int) -> str:
         """`chunk` (starting on line `lineno`) without NULs and with U+FFFD for undecodable bytes."""
         for char, reason, verb in (("\x00", "nul_bytes", "removed"), (UNDECODABLE, "undecodable_bytes", "replaced")):

@@ -37,7 +37,9 @@ class PieceStream:
     A document longer than max_chunk_chars arrives as several pieces (cut at whitespace) that the
     caller concatenates without a separator; the last has end=True, and all carry the hash of
     the first. `(source index, count)` is a position: `pieces(start=it)` continues right after it.
-    Blank and too-short documents are skipped and NULs removed, all counted in `report`.
+    Blank and too-short documents are skipped and NULs removed, all counted in `report`. Documents
+    (and the pieces of a long one) are stripped of surrounding whitespace unless
+    data.strip_whitespace is false; then they keep it all, and only all-blank documents are skipped.
     """
 
     def __init__(self, sources: list[Source], d: DataConfig, report: DirtyInputReport, need_hash: bool):
@@ -47,6 +49,7 @@ class PieceStream:
         self.need_hash = need_hash
         self.max_chars = d.max_chunk_chars
         self.min_chars = max(1, d.min_chars)
+        self.strip = d.strip_whitespace
         self.progress = ReadProgress()
 
     def bytes_done(self) -> int:
@@ -105,14 +108,15 @@ class PieceStream:
             self.report.skip("no_documents", (source.name,))
 
     def _short_document(self, raw: str, where: Location) -> str | None:
-        """The stripped text of a one-piece document; None (counted) when blank or too short."""
-        text = raw.strip()
-        if not text:
+        """The (stripped) text of a one-piece document; None (counted) when blank or too short."""
+        text = raw.strip() if self.strip else raw
+        if not text or (not self.strip and text.isspace()):
             self.report.skip("blank", where)
             return None
         text = self._without_nul(text, where)
-        if len(text) < self.min_chars:
-            self.report.skip("too_short" if text else "blank", where)
+        visible = len(text) if self.strip else len(text.strip())
+        if visible < self.min_chars:
+            self.report.skip("too_short" if visible else "blank", where)
             return None
         return text
 
@@ -121,7 +125,7 @@ class PieceStream:
         fraction = None
         pending = None
         for raw in recut(chunks, self.max_chars):
-            text = self._without_nul(raw.strip(), where)
+            text = self._without_nul(raw.strip() if self.strip else raw, where)
             if not text:
                 continue
             if pending is not None:
@@ -143,7 +147,8 @@ class PieceStream:
     def _without_nul(self, text: str, where: Location) -> str:
         if "\x00" in text:
             n = text.count("\x00")
-            text = text.replace("\x00", "").strip()
+            text = text.replace("\x00", "")
+            text = text.strip() if self.strip else text
             self.report.repair("nul_bytes", where, f"{n} removed", n)
         return text
 

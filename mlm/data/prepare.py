@@ -27,9 +27,9 @@ from mlm.data.readers import Source
 from mlm.data.report import REPAIR_REASONS, SKIP_REASONS, DirtyInputReport
 from mlm.data.shards import FORMAT_VERSION, load_complete_index
 from mlm.data.sources import resolve_sources
-from mlm.data.tokenizer_sample import train_on_corpus
+from mlm.data.tokenizer_sample import extend_on_corpus, train_on_corpus
 from mlm.errors import UserError
-from mlm.tokenizer import CLS, SEP, load_tokenizer, token_id, tokenizer_hash
+from mlm.tokenizer import CLS, EXTENSION_VERSION, SEP, load_tokenizer, token_id, tokenizer_hash
 
 if TYPE_CHECKING:  # type hints only: mlm.config imports the model package
     from mlm.config import Config, DataConfig
@@ -44,9 +44,13 @@ class PreparedData:
     directory: Path  # the cache folder holding index.json, tokenizer.json and the shards
 
 
-def prepare_data(cfg: Config, *, progress: bool | None = None,
-                 log: Callable[[str], None] | None = None) -> PreparedData:
-    """Build (or reuse, or finish) the tokenized block shards for `cfg.data`; see `mlm.data`."""
+def prepare_data(cfg: Config, *, tokenizer: Tokenizer | None = None, extend_vocab: int = 0,
+                 progress: bool | None = None, log: Callable[[str], None] | None = None) -> PreparedData:
+    """Build (or reuse, or finish) the tokenized block shards for `cfg.data`; see `mlm.data`.
+
+    `tokenizer` (continued pretraining: the checkpoint's) is used instead of data.tokenizer or a
+    trained one; `extend_vocab` > 0 first extends it by up to that many tokens learned from this
+    corpus (`mlm.tokenizer.extend_tokenizer`; the result is cached in <cache>/tokenizers/)."""
     d = cfg.data
     if progress is None:
         progress = bool(getattr(getattr(cfg, "log", None), "progress", True))
@@ -61,7 +65,10 @@ def prepare_data(cfg: Config, *, progress: bool | None = None,
     with cache_lock(cache, log):
         resolve_report = DirtyInputReport(log)
         sources = resolve_sources(d, cache, resolve_report, log)
-        tok, trained = get_tokenizer(d, sources, cache, progress, log)
+        if tokenizer is None:
+            tok, trained = get_tokenizer(d, sources, cache, progress, log)
+        else:
+            tok, trained = given_tokenizer(tokenizer, d, sources, cache, extend_vocab, progress, log), False
         thash = tokenizer_hash(tok)
         dtype = block_dtype(tok)
         settings = output_settings(d)
@@ -92,11 +99,21 @@ def digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
 
+# Reader settings added after the key was first pinned: in the key only when not at their default, so
+# a config that does not use them keeps the key (and the cache) older versions wrote.
+LATER_READER_SETTINGS = {"strip_whitespace": True, "fasta_header": "drop", "fasta_uppercase": True}
+
+
 def reader_settings(d: DataConfig) -> dict:
     """Everything that decides which documents (and which split) the reader produces."""
-    return {"validation_fraction": d.validation_fraction, "text_field": d.text_field,
-            "txt_documents": d.txt_documents, "min_chars": d.min_chars, "max_chunk_chars": d.max_chunk_chars,
-            "max_record_chars": d.max_record_chars, "hf_split": d.hf_split, "hf_config": d.hf_config}
+    settings = {"validation_fraction": d.validation_fraction, "text_field": d.text_field,
+                "txt_documents": d.txt_documents, "min_chars": d.min_chars, "max_chunk_chars": d.max_chunk_chars,
+                "max_record_chars": d.max_record_chars, "hf_split": d.hf_split, "hf_config": d.hf_config}
+    for name, default in LATER_READER_SETTINGS.items():
+        value = getattr(d, name, default)
+        if value != default:
+            settings[name] = value
+    return settings
 
 
 def output_settings(d: DataConfig) -> dict:
@@ -113,6 +130,16 @@ def blocks_key(sources: list[Source], settings: dict, tokenizer_hash: str, dtype
     """The `<key>` of the `blocks-<key>` folder."""
     return digest({"format": FORMAT_VERSION, "sources": [s.fingerprint() for s in sources],
                    "settings": settings, "tokenizer": tokenizer_hash, "dtype": dtype.str})
+
+
+def extended_tokenizer_name(d: DataConfig, sources: list[Source], base_hash: str, max_new: int,
+                            tokenizers_version: str) -> str:
+    """The file name, in <cache>/tokenizers/, of `base` extended by `max_new` tokens of these sources."""
+    key = digest({"format": FORMAT_VERSION, "sources": [s.fingerprint() for s in sources],
+                  "settings": reader_settings(d), "base": base_hash, "extend_vocab": max_new,
+                  "sample_bytes": d.tokenizer_sample_bytes, "tokenizers": tokenizers_version,
+                  "extension": EXTENSION_VERSION})
+    return f"extended-{base_hash}-{max_new}-{key}.json"
 
 
 def trained_tokenizer_name(d: DataConfig, sources: list[Source], tokenizers_version: str) -> str:
@@ -143,10 +170,38 @@ def get_tokenizer(d: DataConfig, sources: list[Source], cache: Path, progress: b
             tok = load_tokenizer(path)
         else:
             tok = train_on_corpus(d, sources, progress, log)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + ".tmp")
-            tok.save(str(tmp))
-            os.replace(tmp, path)
+            save_tokenizer(tok, path)
+    return checked_tokenizer(tok, path), trained
+
+
+def given_tokenizer(base: Tokenizer, d: DataConfig, sources: list[Source], cache: Path, max_new: int,
+                    progress: bool, log: Callable[[str], None]) -> Tokenizer:
+    """A tokenizer passed in (a checkpoint's), extended by up to `max_new` tokens of these sources when
+    `max_new` > 0 (once per sources and settings: the result is cached)."""
+    import tokenizers
+
+    tok = Tokenizer.from_str(base.to_str())
+    path: Path | str = "the given tokenizer"
+    if max_new > 0:
+        path = cache / "tokenizers" / extended_tokenizer_name(d, sources, tokenizer_hash(base), max_new,
+                                                              tokenizers.__version__)
+        if path.is_file():
+            tok = load_tokenizer(path)
+        else:
+            tok = extend_on_corpus(d, sources, tok, max_new, progress, log)
+            save_tokenizer(tok, path)
+    return checked_tokenizer(tok, path)
+
+
+def save_tokenizer(tok: Tokenizer, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tok.save(str(tmp))
+    os.replace(tmp, path)
+
+
+def checked_tokenizer(tok: Tokenizer, path: Path | str) -> Tokenizer:
+    """`tok` without truncation or padding, refused (naming `path`) when it lacks [CLS] or [SEP]."""
     tok.no_truncation()
     tok.no_padding()
     for special in (CLS, SEP):
@@ -154,7 +209,7 @@ def get_tokenizer(d: DataConfig, sources: list[Source], cache: Path, progress: b
             token_id(tok, special)
         except UserError as err:
             raise UserError(f"{path}: {err}") from None
-    return tok, trained
+    return tok
 
 
 @contextlib.contextmanager

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import json
 import os
 import re
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 from mlm.data.decoding import (LineReader, TextStream, compression_of, decompressor, guess_encoding,
                                repair_undecodable, strip_compression_suffix)
+from mlm.data.fasta import read_fasta
 from mlm.data.report import DirtyInputReport, Location
 from mlm.errors import UserError
 
@@ -103,15 +105,37 @@ class TextInput(SourceInput):
         """(line number, text, complete): see `LineReader.lines`."""
         return LineReader(self.stream, self.source.name, self.report).lines(limit)
 
+    def chunks(self) -> Iterator[str]:
+        """The whole text in repaired chunks: see `LineReader.chunks`."""
+        return LineReader(self.stream, self.source.name, self.report).chunks()
+
 
 # ------------------------------------------------------------------ text formats
 
 
 def read_txt(file: TextInput) -> Iterator[Document]:
-    """A document per line, or per blank-line separated paragraph (data.txt_documents)."""
+    """A document per line, per blank-line separated paragraph, or per file (data.txt_documents)."""
     if file.settings.txt_documents == "paragraph":
         return _paragraph_documents(file)
+    if file.settings.txt_documents == "file":
+        return _file_document(file)
     return _line_documents(file)
+
+
+def _file_document(file: TextInput) -> Iterator[Document]:
+    """The whole file as one document, line ends as "\n": a str when it fits in data.max_chunk_chars,
+    else its chunks, read as they are consumed."""
+    chunks = file.chunks()
+    head: list[str] = []
+    size = 0
+    for chunk in chunks:
+        head.append(chunk)
+        size += len(chunk)
+        if size > file.settings.max_chunk_chars:
+            yield (file.source.name, 1), itertools.chain(head, chunks)
+            return
+    if head:
+        yield (file.source.name, 1), "".join(head)
 
 
 def _line_documents(file: TextInput) -> Iterator[Document]:
@@ -357,6 +381,7 @@ FILE_FORMATS = (
     FileFormat("jsonl", (".jsonl", ".ndjson"), read_json_lines),
     FileFormat("json", (".json",), read_json),
     FileFormat("parquet", (".parquet",), read_parquet, magic=b"PAR1"),
+    FileFormat("fasta", (".fasta", ".fa", ".faa", ".fna", ".ffn", ".fas"), read_fasta),
 )
 DEFAULT_FORMAT = FILE_FORMATS[0]  # a file named explicitly with another extension is text
 KNOWN_EXTENSIONS = tuple(ext for fmt in FILE_FORMATS for ext in fmt.extensions)

@@ -24,6 +24,7 @@ SKIP_REASONS = {
     "no_documents": "file has no usable document",
     "binary_file": "file looks binary (many NUL bytes)",
     "unknown_extension": "file in a directory with an unknown extension",
+    "empty_record": "FASTA record without a sequence",
 }
 REPAIR_REASONS = {
     "undecodable_bytes": "undecodable bytes replaced by U+FFFD",

@@ -36,8 +36,9 @@ def resolve_sources(d: DataConfig, cache: Path, report: DirtyInputReport,
         sources.append(file_source(ensure_stdlib_corpus(cache, log), "text"))
     seen: set[str] = set()
     cache_abs = os.path.abspath(cache)
+    extensions = chosen_extensions(d.extensions)
     for entry in d.train_files:
-        for path in expand_entry(str(entry), cache_abs, report):
+        for path in expand_entry(str(entry), cache_abs, report, extensions):
             key = os.path.abspath(path)
             if key not in seen:
                 seen.add(key)
@@ -55,13 +56,23 @@ def file_source(path: Path, text_field: str) -> Source:
     return Source("file", os.path.abspath(path), text_field, st.st_size, st.st_mtime_ns)
 
 
-def expand_entry(entry: str, cache_abs: str, report: DirtyInputReport) -> list[str]:
+def chosen_extensions(extensions: list[str]) -> tuple[str, ...] | None:
+    """data.extensions as lower-case suffixes with their dot (`py` -> `.py`); None when none are chosen."""
+    if not extensions:
+        return None
+    return tuple(sorted({"." + str(e).strip().lstrip(".").lower() for e in extensions}))
+
+
+def expand_entry(entry: str, cache_abs: str, report: DirtyInputReport,
+                 extensions: tuple[str, ...] | None = None) -> list[str]:
     """The files one train_files entry names: itself, its glob matches (sorted), or the data files
-    in a directory (recursively, sorted)."""
+    in a directory (recursively, sorted). With `extensions` (data.extensions), directories and globs
+    contribute only files with those extensions (compressed or not); a file named explicitly always counts."""
     text = os.path.expanduser(entry)
     if not text.strip():
         raise UserError("data.train_files: an entry is empty")
-    if any(c in text for c in "*?["):
+    is_glob = any(c in text for c in "*?[")
+    if is_glob:
         matches = sorted(glob.glob(text, recursive=True))
         if not matches:
             raise UserError(f"data.train_files: {entry!r} matches no files")
@@ -72,12 +83,16 @@ def expand_entry(entry: str, cache_abs: str, report: DirtyInputReport) -> list[s
     files: list[str] = []
     for match in matches:
         if os.path.isdir(match):
-            found = data_files_in(match, cache_abs, report)
+            found = data_files_in(match, cache_abs, report, extensions)
             if not found and len(matches) == 1:
-                raise UserError(f"data.train_files: directory {match} has no {', '.join(KNOWN_EXTENSIONS)} files "
-                                "(optionally compressed)")
+                hint = "" if extensions else "; set data.extensions to read others, e.g. data.extensions=[.py]"
+                names = ", ".join(extensions or KNOWN_EXTENSIONS)
+                raise UserError(f"data.train_files: directory {match} has no {names} files "
+                                f"(optionally compressed){hint}")
             files.extend(found)
         elif os.path.isfile(match):
+            if is_glob and extensions and not has_extension(os.path.basename(match), extensions):
+                continue
             if not os.access(match, os.R_OK):
                 raise UserError(f"{match}: cannot read (permission denied)")
             files.append(match)
@@ -88,9 +103,15 @@ def expand_entry(entry: str, cache_abs: str, report: DirtyInputReport) -> list[s
     return files
 
 
-def data_files_in(root: str, cache_abs: str, report: DirtyInputReport) -> list[str]:
-    """Files with a known extension under `root`, sorted; hidden files and folders, __pycache__ and
-    the cache folder skipped; other files counted as `unknown_extension`."""
+def has_extension(name: str, extensions: tuple[str, ...]) -> bool:
+    return strip_compression_suffix(name).endswith(extensions)
+
+
+def data_files_in(root: str, cache_abs: str, report: DirtyInputReport,
+                  extensions: tuple[str, ...] | None = None) -> list[str]:
+    """Files with a known extension (or one of `extensions`) under `root`, sorted; hidden files and
+    folders, __pycache__ and the cache folder skipped; without `extensions`, other files are counted
+    as `unknown_extension` (with them, other files are what the user left out: not counted)."""
     found = []
     for dirpath, dirnames, filenames in os.walk(root):
         here = os.path.abspath(dirpath)
@@ -102,9 +123,9 @@ def data_files_in(root: str, cache_abs: str, report: DirtyInputReport) -> list[s
             if name.startswith("."):
                 continue
             path = os.path.join(dirpath, name)
-            if strip_compression_suffix(name).endswith(KNOWN_EXTENSIONS):
+            if has_extension(name, extensions or KNOWN_EXTENSIONS):
                 found.append(path)
-            else:
+            elif not extensions:
                 report.skip("unknown_extension", (path,))
     return found
 

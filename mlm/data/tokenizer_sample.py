@@ -1,4 +1,4 @@
-"""Training the tokenizer on a sample of the corpus.
+"""Training the tokenizer on a sample of the corpus (or extending a checkpoint's with words of it).
 
 A tokenizer trained on the whole of a large corpus costs more than the tokenizing pass itself,
 and one trained on its first megabytes sees one file's vocabulary. So the sample is at most
@@ -18,7 +18,7 @@ from mlm.data.decoding import looks_compressed
 from mlm.data.documents import PieceStream, no_usable_text_error
 from mlm.data.readers import Source
 from mlm.data.report import DirtyInputReport
-from mlm.tokenizer import train_tokenizer
+from mlm.tokenizer import extend_tokenizer, train_tokenizer
 
 if TYPE_CHECKING:  # type hints only: mlm.config imports the model package
     from mlm.config import DataConfig
@@ -76,11 +76,27 @@ def train_on_corpus(d: DataConfig, sources: list[Source], progress: bool,
     sample = CorpusSample(sources, d, progress)
     log(f"training a {d.tokenizer_type} tokenizer (vocab {d.vocab_size:,}) on up to {sample.budget:,} bytes "
         "of the corpus")
+    return train_tokenizer(sample_texts(sample, sources), d.vocab_size, d.tokenizer_type, show_progress=progress)
+
+
+def sample_texts(sample: CorpusSample, sources: list[Source]) -> Iterator[str]:
+    """The even sample of the training split; on a corpus too small to have any, all of it."""
     probe = list(itertools.islice(sample.texts(sample.even_fraction, train_only=True, show=False), 1))
     if probe:
-        texts = sample.texts(sample.even_fraction, train_only=True)
-    elif sample.pieces_seen == 0:
+        return sample.texts(sample.even_fraction, train_only=True)
+    if sample.pieces_seen == 0:
         raise no_usable_text_error(sources, sample.report.skipped)
-    else:  # tiny corpus: use whatever there is
-        texts = sample.texts(1.0, train_only=False)
-    return train_tokenizer(texts, d.vocab_size, d.tokenizer_type, show_progress=progress)
+    return sample.texts(1.0, train_only=False)  # tiny corpus: use whatever there is
+
+
+def extend_on_corpus(d: DataConfig, sources: list[Source], base: Tokenizer, max_new: int, progress: bool,
+                     log: Callable[[str], None]) -> Tokenizer:
+    """`base` extended by up to `max_new` tokens learned from the same even sample of the training split
+    a trained tokenizer would see (`mlm.tokenizer.extend_tokenizer`)."""
+    sample = CorpusSample(sources, d, progress)
+    log(f"extending the tokenizer ({base.get_vocab_size(with_added_tokens=True):,} tokens) by up to {max_new:,} "
+        f"tokens learned from up to {sample.budget:,} bytes of the corpus")
+    extended = extend_tokenizer(base, sample_texts(sample, sources), max_new)
+    added = extended.get_vocab_size(with_added_tokens=True) - base.get_vocab_size(with_added_tokens=True)
+    log(f"added {added:,} tokens to the tokenizer")
+    return extended

@@ -108,3 +108,19 @@ def stable(stats: dict) -> dict:
     drop = {"seconds", "tokenize_seconds", "documents_per_s", "tokens_per_s", "cache", "reused", "resumed",
             "tokenizer_path", "tokenizer_trained"}
     return {k: v for k, v in stats.items() if k not in drop}
+
+
+def decoded_documents(prepared) -> list[str]:
+    """The documents of the train split, decoded back from the shards (the last one may be cut short:
+    the final partial block is not stored)."""
+    tok = prepared.tokenizer
+    body = prepared.train[np.arange(len(prepared.train))][:, 1:].reshape(-1).tolist()
+    sep = tok.token_to_id("[SEP]")
+    docs, current = [], []
+    for i in body:
+        if i == sep:
+            docs.append(tok.decode(current))
+            current = []
+        else:
+            current.append(i)
+    return docs

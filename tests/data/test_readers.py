@@ -21,7 +21,9 @@ def test_the_format_is_named_by_the_extension_without_compression_suffix():
     assert format_of("/x/a.json").name == "json"
     assert format_of("/x/a.parquet").name == "parquet"
     assert format_of("/x/notes.md").name == "txt"  # named explicitly with another extension: text
-    assert KNOWN_EXTENSIONS == (".txt", ".text", ".jsonl", ".ndjson", ".json", ".parquet")
+    assert KNOWN_EXTENSIONS == (".txt", ".text", ".jsonl", ".ndjson", ".json", ".parquet",
+                                ".fasta", ".fa", ".faa", ".fna", ".ffn", ".fas")
+    assert format_of("/x/P12345.FA.gz").name == "fasta"
     assert [f.name for f in FILE_FORMATS if f.magic] == ["parquet"]
 
 
