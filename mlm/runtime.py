@@ -12,7 +12,7 @@ import random
 import signal
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal, TypeVar
 
 import numpy as np
 import torch
@@ -21,6 +21,7 @@ import torch.distributed as dist
 from mlm.errors import UserError
 
 Precision = Literal["fp32", "bf16", "fp16"]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,18 @@ class Runtime:
                 raise UserError(first)
         elif error is not None:
             raise error
+
+    def main_first(self, work: Callable[[], T]) -> T | None:
+        """Run `work` on rank 0 while the others wait; a UserError there is raised on every rank.
+        Returns its result on rank 0, None elsewhere."""
+        result, error = None, None
+        if self.is_main:
+            try:
+                result = work()
+            except UserError as err:
+                error = err
+        self.raise_together(error)
+        return result
 
     def broadcast_float(self, value: float) -> float:
         """Rank 0's `value` on every rank (a collective)."""

@@ -33,8 +33,8 @@ class StorageError(UserError):
             parts.append(f"{format_bytes(free)} free on that filesystem")
         message = "; ".join(parts)
         if is_disk_full(err):
-            advice = advice or "free some space, or use another output folder"
-        return cls(message + (f". {advice}" if advice else ""))
+            advice = advice or "free some space, or write to another folder"
+        return cls(message + (f". {advice[:1].upper()}{advice[1:]}" if advice else ""))
 
 
 def is_disk_full(err: BaseException) -> bool:

@@ -33,7 +33,6 @@ from mlm.reporting import MetricsLog, Progress
 from mlm.runtime import Runtime, StopSignal, seed_everything, setup_runtime, shutdown
 from mlm.schema import to_yaml
 from mlm.storage import format_bytes, free_bytes, remove_leftovers, require_writable, write_text_atomic
-from mlm.tokenizer import model_config_for
 from mlm.warmstart import warm_start
 
 
@@ -91,16 +90,15 @@ def setup(cfg: Config) -> Run:
     rt = setup_runtime(t.device, t.precision, t.num_threads, t.deterministic)
     out_dir = Path(cfg.output_dir)
     batch_plan(t.batch_size, t.micro_batch_size, rt.world_size)  # fail on the batch arithmetic before any work
-    if rt.is_main:
-        require_writable(out_dir, "run output")
+    rt.main_first(lambda: require_writable(out_dir, "run output"))
     # Before any work or any write: a folder of checkpoints that do not verify stops the run here.
     resume_from = find_resume_point(rt, out_dir / "checkpoints", cfg.checkpoint.reject_unverified)
     start = warm_start(cfg, resume_from)  # train.init_from: that checkpoint's tokenizer, architecture, weights
-    if not rt.is_main:
-        rt.barrier()
-    prepared = prepare_data(cfg, tokenizer=start.tokenizer, extend_vocab=start.extend_vocab)
-    if rt.is_main:
-        rt.barrier()
+    # Rank 0 prepares (or checks) the cache; the others then read it. An error there stops every rank.
+    prepare = lambda: prepare_data(cfg, tokenizer=start.tokenizer, extend_vocab=start.extend_vocab)  # noqa: E731
+    prepared = rt.main_first(prepare)
+    if prepared is None:  # the other ranks, once rank 0 is done
+        prepared = prepare()
     model_cfg = start.model_config(cfg.model, prepared.tokenizer)
     if prepared.train.seq_len > model_cfg.max_seq_len:
         raise UserError(f"data.seq_len ({prepared.train.seq_len}) exceeds model.max_seq_len ({model_cfg.max_seq_len})")
@@ -138,16 +136,11 @@ def setup(cfg: Config) -> Run:
 
 def find_resume_point(rt: Runtime, root: Path, reject_unverified: bool) -> Path | None:
     """Rank 0 decides (and moves unverified checkpoints aside); every rank then resumes from the same one."""
-    error, found = None, None
-    if rt.is_main:
+    def decide() -> Path | None:
         for leftover in remove_leftovers(root):
             print(f"note: removed {leftover}, left by an interrupted save", file=sys.stderr)
-        try:
-            found = ckpt.resume_point(root, reject_unverified)
-        except UserError as err:
-            error = err
-    rt.raise_together(error)
-    rt.barrier()
+        return ckpt.resume_point(root, reject_unverified)
+    found = rt.main_first(decide)
     return found if rt.is_main else ckpt.latest_checkpoint(root)
 
 

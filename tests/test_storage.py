@@ -19,7 +19,7 @@ def test_a_full_disk_names_what_where_how_much_and_what_to_do(tmp_path):
                                      tmp_path / "checkpoints", needed=64_000_000)
     text = str(err)
     assert "\n" not in text and "checkpoint step_20" in text and str(tmp_path) in text
-    assert "No space left on device" in text and "64.0 MB" in text and "free" in text and "free some space" in text
+    assert "No space left on device" in text and "64.0 MB" in text and "free" in text and "Free some space" in text
 
 
 def test_an_atomic_write_that_fails_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):

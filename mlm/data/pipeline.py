@@ -132,7 +132,8 @@ class Checkpoints:
         counts = {kind: dict(Counter(reader_counts[kind]) + Counter(getattr(self.packer.report, kind)))
                   for kind in ("skipped", "repaired")}
         state = {"key": self.key, "position": list(position), "doc_has_tokens": self.packer.doc_has_tokens,
-                 "report": counts, "writers": {w.name: w.state() for w in self.packer.writers}}
+                 "report": counts, "writers": {w.name: w.state() for w in self.packer.writers},
+                 "block_bytes": self.packer.writers[0].block_bytes}
         shards.write_progress(self.directory, state)
         for w in self.packer.writers:
             w.shard_done = False
@@ -190,13 +191,22 @@ def encode_batches(stream: PieceStream, start: tuple[int, int], validation_fract
 def build_blocks(job: BuildJob, resolve_report: DirtyInputReport) -> dict:
     """Write the cache folder for `job` (resuming an interrupted build) and return its index."""
     job.directory.mkdir(parents=True, exist_ok=True)
+    for path in shards.discard_unrecorded_writes(job.directory):
+        job.log(f"note: {path}: removed what an interrupted prepare wrote after its last checkpoint")
     cls_id, sep_id = token_id(job.tokenizer, CLS), token_id(job.tokenizer, SEP)
     report = DirtyInputReport(job.log)
     resume = resume_or_start(job, cls_id, report)
     packer = TokenPacker(resume.writers, sep_id, job.dtype, DirtyInputReport(job.log), resume.doc_has_tokens)
     stream = PieceStream(job.sources, job.settings, report, need_hash=job.settings.validation_fraction > 0)
     batches = encode_batches(stream, resume.position, job.settings.validation_fraction, report)
-    elapsed = _tokenize(job, batches, stream, packer, Checkpoints(job.key, job.directory, packer))
+    try:
+        elapsed = _tokenize(job, batches, stream, packer, Checkpoints(job.key, job.directory, packer))
+    except OSError:  # a failed write: cut the partial shards back to the last checkpoint, for the next run
+        for w in packer.writers:
+            with contextlib.suppress(OSError):  # closing flushes, which may fail again
+                w.abandon()
+        shards.discard_unrecorded_writes(job.directory)
+        raise
     report.skipped.update(resolve_report.skipped)
     report.skipped.update(packer.report.skipped)
     if sum(w.documents for w in packer.writers) == 0:

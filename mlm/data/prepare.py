@@ -25,10 +25,11 @@ from mlm.data.blocks import BlockDataset
 from mlm.data.pipeline import BuildJob, build_blocks
 from mlm.data.readers import Source
 from mlm.data.report import REPAIR_REASONS, SKIP_REASONS, DirtyInputReport
-from mlm.data.shards import FORMAT_VERSION, load_complete_index
+from mlm.data.shards import FORMAT_VERSION, discard_cache_leftovers, load_complete_index
 from mlm.data.sources import resolve_sources
 from mlm.data.tokenizer_sample import extend_on_corpus, train_on_corpus
 from mlm.errors import UserError
+from mlm.storage import StorageError, require_writable
 from mlm.tokenizer import CLS, EXTENSION_VERSION, SEP, load_tokenizer, token_id, tokenizer_hash
 
 if TYPE_CHECKING:  # type hints only: mlm.config imports the model package
@@ -58,33 +59,45 @@ def prepare_data(cfg: Config, *, tokenizer: Tokenizer | None = None, extend_voca
     t0 = time.perf_counter()
     _configure_threads(d.num_proc)
     cache = Path(os.path.expanduser(d.cache_dir)) if d.cache_dir else Path(cfg.output_dir) / "data"
+    require_writable(cache, "data cache")
     try:
-        cache.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"{cache}: cannot create the data cache folder ({err.strerror})") from None
-    with cache_lock(cache, log):
-        resolve_report = DirtyInputReport(log)
-        sources = resolve_sources(d, cache, resolve_report, log)
-        if tokenizer is None:
-            tok, trained = get_tokenizer(d, sources, cache, progress, log)
-        else:
-            tok, trained = given_tokenizer(tokenizer, d, sources, cache, extend_vocab, progress, log), False
-        thash = tokenizer_hash(tok)
-        dtype = block_dtype(tok)
-        settings = output_settings(d)
-        key = blocks_key(sources, settings, thash, dtype)
-        directory = cache / f"blocks-{key}"
-        index = load_complete_index(directory, key, log)
-        if index is not None:
-            stats = dict(index["stats"])
-            stats.update(reused=True, resumed=False)
-        else:
-            job = BuildJob(directory, key, sources, d, tok, thash, dtype, settings, progress, log)
-            index = build_blocks(job, resolve_report)
-            stats = dict(index["stats"])
-        stats["seconds"] = round(time.perf_counter() - t0, 3)
-        stats["tokenizer_trained"] = trained
-        stats["tokenizer_path"] = str(directory / "tokenizer.json")
+        with cache_lock(cache, log):
+            return _prepare_locked(cfg, cache, tokenizer, extend_vocab, progress, log, t0)
+    except OSError as err:  # a write failed (disk full, read-only, quota); readers turn read errors into UserError
+        where = getattr(err, "filename", None) or cache
+        raise StorageError.from_os_error(
+            err, "the data cache", where,
+            advice="the shards finished so far are kept; free space or set data.cache_dir to another disk, then "
+                   "run the same command again to resume from the last finished shard") from None
+
+
+def _prepare_locked(cfg: Config, cache: Path, tokenizer: Tokenizer | None, extend_vocab: int, progress: bool,
+                    log: Callable[[str], None], t0: float) -> PreparedData:
+    d = cfg.data
+    for path in discard_cache_leftovers(cache):
+        log(f"note: removed {path}, left by an interrupted prepare")
+    resolve_report = DirtyInputReport(log)
+    sources = resolve_sources(d, cache, resolve_report, log)
+    if tokenizer is None:
+        tok, trained = get_tokenizer(d, sources, cache, progress, log)
+    else:
+        tok, trained = given_tokenizer(tokenizer, d, sources, cache, extend_vocab, progress, log), False
+    thash = tokenizer_hash(tok)
+    dtype = block_dtype(tok)
+    settings = output_settings(d)
+    key = blocks_key(sources, settings, thash, dtype)
+    directory = cache / f"blocks-{key}"
+    index = load_complete_index(directory, key, log)
+    if index is not None:
+        stats = dict(index["stats"])
+        stats.update(reused=True, resumed=False)
+    else:
+        job = BuildJob(directory, key, sources, d, tok, thash, dtype, settings, progress, log)
+        index = build_blocks(job, resolve_report)
+        stats = dict(index["stats"])
+    stats["seconds"] = round(time.perf_counter() - t0, 3)
+    stats["tokenizer_trained"] = trained
+    stats["tokenizer_path"] = str(directory / "tokenizer.json")
     splits = index["splits"]
     train = BlockDataset(directory, splits["train"]["shards"], index["seq_len"], index["dtype"], "train")
     val = BlockDataset(directory, splits["validation"]["shards"], index["seq_len"], index["dtype"], "validation")

@@ -192,6 +192,44 @@ def load_complete_index(directory: Path, key: str, log: Callable[[str], None]) -
     return index
 
 
+def discard_unrecorded_writes(directory: Path) -> list[Path]:
+    """Remove what a killed or failed prepare wrote after its last progress checkpoint: partial
+    shards are cut back to the length progress.json records (so the next run resumes there), other
+    temporary files (`*.tmp`) are deleted. Returns the files changed."""
+    if not directory.is_dir():
+        return []
+    state = read_progress(directory) or {}
+    keep: dict[str, int] = {}
+    for name, writer in (state.get("writers") or {}).items():
+        try:
+            partial, finished = int(writer["partial_blocks"]), len(writer["finished"])
+            block_bytes = int(state["block_bytes"]) if "block_bytes" in state else None
+        except (KeyError, TypeError, ValueError):
+            continue
+        if partial:  # a progress file from before block_bytes was recorded: leave its shard alone
+            keep[f"{name}-{finished:05d}.bin.tmp"] = partial * block_bytes if block_bytes else -1
+    changed = []
+    for path in sorted(directory.glob("*.tmp")):
+        size = keep.get(path.name)
+        if size is None:
+            path.unlink(missing_ok=True)
+            changed.append(path)
+        elif 0 <= size < path.stat().st_size:
+            with open(path, "r+b") as f:
+                f.truncate(size)
+            changed.append(path)
+    return changed
+
+
+def discard_cache_leftovers(cache: Path) -> list[Path]:
+    """Temporary files a killed prepare left in the cache's corpus/ and tokenizers/ folders."""
+    found = [p for folder in ("corpus", "tokenizers") for p in sorted((cache / folder).glob("*.tmp*"))
+             if p.is_file()]
+    for path in found:
+        path.unlink(missing_ok=True)
+    return found
+
+
 def restore_writers(writers: list[SplitWriter], state: dict) -> bool:
     """Continue every split from a progress.json state; False when any does not verify."""
     try:

@@ -167,3 +167,74 @@ def test_a_document_that_tokenizes_to_nothing_is_skipped(tmp_path, tok_path):
     check_stream(prepared, docs)
     assert prepared.stats["skipped"] == {"no_tokens": 1}
     assert any(f"{f}:6" in m and "no tokens" in m for m in messages)
+
+
+class DiskFills:
+    """Shard files whose writes fail with ENOSPC once `budget` bytes of shards have been written."""
+
+    def __init__(self, budget: int):
+        self.left = budget
+
+    def open(self, path, mode="r", *args, **kwargs):
+        handle = open(path, mode, *args, **kwargs)
+        if str(path).endswith(".bin.tmp") and mode in ("wb", "ab"):
+            return _FillingFile(handle, self)
+        return handle
+
+
+class _FillingFile:
+    def __init__(self, handle, disk: DiskFills):
+        self.handle, self.disk = handle, disk
+
+    def write(self, data) -> int:
+        size = memoryview(data).nbytes
+        if size > self.disk.left:
+            import errno
+            self.handle.write(memoryview(data).cast("B")[: self.disk.left])  # a part makes it to disk
+            self.disk.left = 0
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.disk.left -= size
+        return self.handle.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.handle, name)
+
+
+def test_a_full_disk_while_writing_shards_is_one_line_and_the_same_command_resumes(tmp_path, tok_path, corpus,
+                                                                                    monkeypatch):
+    from mlm.storage import StorageError
+
+    root, docs = corpus
+    reference, _ = run(make_cfg(tmp_path / "ref", [root], tok_path, validation_fraction=0.2, shard_blocks=37))
+    monkeypatch.setattr(pipeline, "BATCH_CHARS", 2000)
+    monkeypatch.setattr(shards, "open", DiskFills(budget=37 * 16 * 2 * 5 + 300).open, raising=False)
+    cfg = make_cfg(tmp_path / "run", [root], tok_path, validation_fraction=0.2, shard_blocks=37)
+    with pytest.raises(StorageError) as caught:
+        prepare_data(cfg, log=lambda m: None)
+    message = str(caught.value)
+    assert "\n" not in message and "cannot write the data cache" in message and "No space left on device" in message
+    assert "free" in message and "resume" in message
+    cache = next((tmp_path / "run" / "run" / "data").glob("blocks-*"))
+    progress = json.loads((cache / "progress.json").read_text())
+    recorded = {f"{name}-{len(w['finished']):05d}.bin.tmp": w["partial_blocks"] * 16 * 2
+                for name, w in progress["writers"].items()}
+    for tmp in cache.glob("*.tmp"):  # what the failed write added after the last checkpoint is gone
+        assert tmp.name in recorded and tmp.stat().st_size == recorded[tmp.name]
+
+    monkeypatch.setattr(shards, "open", open, raising=False)  # space freed
+    resumed = prepare_data(cfg, log=lambda m: None)
+    assert resumed.stats["resumed"] is True
+    assert shard_bytes(resumed) == shard_bytes(reference)
+    check_stream(resumed, docs, fraction=0.2)
+
+
+def test_leftover_temporary_files_of_a_killed_prepare_are_removed_with_a_note(tmp_path, tok_path, corpus):
+    root, _ = corpus
+    cfg = make_cfg(tmp_path / "run", [root], tok_path, validation_fraction=0.2)
+    cache = tmp_path / "run" / "run" / "data"
+    (cache / "tokenizers").mkdir(parents=True)
+    (cache / "tokenizers" / "metaspace_bpe-300-abc.json.tmp").write_text("{half")
+    messages: list[str] = []
+    prepare_data(cfg, log=messages.append)
+    assert not list((cache / "tokenizers").glob("*.tmp"))
+    assert any("removed" in m and "metaspace_bpe-300-abc.json.tmp" in m for m in messages)
