@@ -14,9 +14,11 @@ import torch
 
 from mlm.checkpoint import load_pretrained
 from mlm.errors import run_cli
-from mlm.tasks.linear_probe import L2_GRID, LogisticRegression, extract_features, fit_logistic_regression, linear_probe
+from mlm.tasks.linear_probe import (L2_GRID, LogisticRegression, extract_features, fit_logistic_regression,
+                                    fit_sparse_logistic_regression, linear_probe)
 
-__all__ = ["L2_GRID", "LogisticRegression", "extract_features", "fit_logistic_regression", "linear_probe", "main"]
+__all__ = ["L2_GRID", "LogisticRegression", "extract_features", "fit_logistic_regression",
+           "fit_sparse_logistic_regression", "linear_probe", "main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -26,6 +28,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--test", required=True, help="labeled file to report accuracy on")
     parser.add_argument("--validation", default="", help="labeled file to choose the L2 penalty on")
     parser.add_argument("--text-field", default="text")
+    parser.add_argument("--text-pair-field", default="", help="a second text per example ([CLS] a [SEP] b [SEP])")
     parser.add_argument("--label-field", default="label")
     parser.add_argument("--pooling", choices=("mean", "cls"), default="mean")
     parser.add_argument("--l2", type=float, default=None, help="L2 penalty (default: chosen on --validation, else 0.01)")
@@ -38,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.manual_seed(args.seed)
         model.reset_parameters()
     result = linear_probe(model, tokenizer, args.train, args.test, args.validation, args.text_field,
-                          args.label_field, args.pooling, args.l2)
+                          args.label_field, args.pooling, args.l2, pair_field=args.text_pair_field)
     result["checkpoint"] = args.checkpoint
     result["random_init"] = args.random_init
     print(json.dumps(result))

@@ -17,6 +17,14 @@ pretrained model has seen these texts, without labels (the semi-supervised / tas
 pretraining setting). `--root` builds the same kind of task from any other folder of Python
 packages (e.g. site-packages, with `--topics-json`) for text the model has never seen.
 
+`--pairs` derives a sentence-pair regression task from the same splits instead (for the task
+benchmark's regression / pairs column): {"text", "text_pair", "label"} where the label says how
+related the two docstrings are: 2.0 when both come from the same module (e.g. two asyncio
+docstrings), 1.0 from two modules of the same topic (asyncio and threading), 0.0 from different
+topics; a third of the pairs each. Module names are still replaced by "module", so relatedness
+has to be read from what the texts talk about. Pairs of a split only use that split's docstrings.
+Fine-tune it with `task=regression data.text_pair_field=text_pair` (Pearson / Spearman).
+
 Deterministic: files are read in sorted order and sampled with `--seed`.
 """
 from __future__ import annotations
@@ -101,6 +109,30 @@ def collect(root: Path, topics: dict[str, list[str]]) -> dict[str, list[dict]]:
     return {t: [r for text, r in rows.items() if len(owners[text]) == 1] for t, rows in by_topic.items()}
 
 
+def relatedness_pairs(items: list[dict], rng: random.Random) -> list[dict]:
+    """As many pairs as items: a third each of same module (2.0), same topic (1.0), other topic (0.0)."""
+    module = lambda r: r["source"].split(".")[0]  # noqa: E731  (the top-level module or package)
+    by_module: dict[str, list[dict]] = defaultdict(list)
+    for r in items:
+        by_module[module(r)].append(r)
+    pairs = []
+    for i, a in enumerate(items):
+        kind = i % 3
+        if kind == 0:
+            pool = [r for r in by_module[module(a)] if r is not a]
+        elif kind == 1:
+            pool = [r for r in items if r["label"] == a["label"] and module(r) != module(a)]
+        else:
+            pool = [r for r in items if r["label"] != a["label"]]
+        if not pool:  # a module alone in its split, or a topic with one module: fall back to unrelated
+            kind, pool = 2, [r for r in items if r["label"] != a["label"]]
+        b = rng.choice(pool)
+        pairs.append({"text": a["text"], "text_pair": b["text"], "label": float(2 - kind),
+                      "relation": ("same_module", "same_topic", "other_topic")[kind],
+                      "source": a["source"], "source_pair": b["source"]})
+    return pairs
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="folder for train.jsonl, dev.jsonl, test.jsonl")
@@ -110,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dev-per-label", type=int, default=40)
     parser.add_argument("--test-per-label", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--pairs", action="store_true",
+                        help="write the sentence-pair relatedness regression task instead (label 0.0 / 1.0 / 2.0)")
     args = parser.parse_args(argv)
     topics = json.loads(Path(args.topics_json).read_text()) if args.topics_json else TOPICS
     rows = collect(Path(args.root), topics)
@@ -131,10 +165,14 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     for name, items in splits.items():
         rng.shuffle(items)
+        if args.pairs:
+            items[:] = relatedness_pairs(sorted(items, key=lambda r: r["source"]), rng)
+            rng.shuffle(items)
         with open(out / f"{name}.jsonl", "w", encoding="utf-8") as fh:
             for item in items:
                 fh.write(json.dumps(item) + "\n")
-    counts = {name: dict(sorted(Counter(r["label"] for r in items).items())) for name, items in splits.items()}
+    key = "relation" if args.pairs else "label"
+    counts = {name: dict(sorted(Counter(r[key] for r in items).items())) for name, items in splits.items()}
     available = {t: len(r) for t, r in sorted(rows.items())}
     print(json.dumps({"out": str(out), "labels": sorted(topics), "available": available,
                       "sizes": {k: len(v) for k, v in splits.items()}, "per_label": counts["train"]}))

@@ -54,7 +54,8 @@ def run(cmd: list[str], what: str) -> None:
 
 def pretrain(spec: dict, name: str, point: dict) -> Path:
     out = Path(spec["out"]) / "pretrain" / name
-    if not (out / "final_metrics.json").is_file():
+    final = out / "final_metrics.json"
+    if not final.is_file() or json.loads(final.read_text()).get("stopped") not in ("max_steps", "budget"):
         run(["-m", "mlm.train", "--config", spec["base_config"], f"output_dir={out}", "log.progress=false",
              *point.get("pretrain", [])], f"pretraining {name}")
     return out

@@ -27,13 +27,13 @@ from mlm.tasks.linear_probe import SparseLogisticRegression, fit_sparse_logistic
 from mlm.tasks.metrics import entity_metrics
 from mlm.tasks.tagged import TaggedData, encode_tags, read_tagged, tag_names
 
-L2_GRID = (1e-5, 1e-4, 1e-3, 1e-2)
+L2_GRID = (1e-6, 1e-5, 1e-4, 1e-3)
 OFFSETS = (-2, -1, 1, 2)
 
 
 def shape(word: str) -> str:
     """Xxxx -> Xx, snake_case -> x_x, 3.14 -> d.d: the character classes with runs collapsed."""
-    classes = re.sub(r"[A-Z]", "X", re.sub(r"[a-z]", "x", re.sub(r"[0-9]", "d", word)))
+    classes = "".join("X" if c.isupper() else "x" if c.islower() else "d" if c.isdigit() else c for c in word)
     return re.sub(r"(.)\1+", r"\1", classes)
 
 
@@ -77,7 +77,7 @@ def predict_tags(clf: SparseLogisticRegression, features: list[list[int]], data:
 
 
 def baseline(train_file: str, validation_file: str, test_file: str, tokens_field: str = "tokens",
-             tags_field: str = "tags", l2: float | None = None) -> dict:
+             tags_field: str = "tags", l2: float | None = None, max_iter: int = 300) -> dict:
     """Fit on train, pick the L2 penalty on validation (entity F1), report validation and test scores."""
     started = time.monotonic()
     train, val, test = (read_tagged(p, tokens_field, tags_field) for p in (train_file, validation_file, test_file))
@@ -88,7 +88,7 @@ def baseline(train_file: str, validation_file: str, test_file: str, tokens_field
     x_train, x_val, x_test = featurize(train), featurize(val), featurize(test)
     scored = []
     for value in ([l2] if l2 is not None else L2_GRID):
-        clf = fit_sparse_logistic_regression(x_train, y, len(featurize.index), len(names), value)
+        clf = fit_sparse_logistic_regression(x_train, y, len(featurize.index), len(names), value, max_iter)
         m = entity_metrics(val.tags, predict_tags(clf, x_val, val, names))
         print(f"l2 {value:g}: validation entity F1 {m['entity_f1']:.4f}", file=sys.stderr)
         scored.append((m["entity_f1"], -value, value, clf, m))
@@ -110,9 +110,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tokens-field", default="tokens")
     parser.add_argument("--tags-field", default="tags")
     parser.add_argument("--l2", type=float, default=None, help=f"fixed penalty (default: best of {L2_GRID})")
+    parser.add_argument("--max-iter", type=int, default=300, help="L-BFGS iterations per fit")
     parser.add_argument("--out", default="", help="also write the results to this JSON file")
     args = parser.parse_args(argv)
-    result = baseline(args.train, args.validation, args.test, args.tokens_field, args.tags_field, args.l2)
+    result = baseline(args.train, args.validation, args.test, args.tokens_field, args.tags_field, args.l2,
+                      args.max_iter)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=2), encoding="utf-8")

@@ -1,8 +1,12 @@
 """Export to transformers gives the same logits (1e-4, fp32) through AutoModelForMaskedLM and the
 same ids through AutoTokenizer, offline; options without an exact equivalent are refused in one
-line; a transformers BERT imports back and continues pretraining."""
+line; a transformers BERT imports back and continues pretraining. Fine-tuned sequence classifiers,
+regressors and token classifiers export to ...ForSequenceClassification / ...ForTokenClassification
+with equal logits and serve in `transformers.pipeline`; heads without an exact counterpart are
+refused in one line."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -148,3 +152,111 @@ def test_import_refuses_a_non_empty_target_and_a_non_model_folder(bert_folder, t
         import_hf(bert_folder, tmp_path / "busy")
     with pytest.raises(UserError, match="no config.json"):
         import_hf(tmp_path / "busy", tmp_path / "new")
+
+
+# ---------------------------------------------------------------- fine-tuned models
+
+def finetuned_checkpoint(root: Path, task: str, options: dict, **head) -> Path:
+    """A fine-tuned checkpoint as mlm.finetune saves it, with random (noisy) encoder and head weights."""
+    from mlm.finetune import save_finetuned
+    from mlm.tasks.heads import SequenceClassifier, TokenClassifier
+
+    model, tok = ck.load_pretrained(tiny_checkpoint(root / "base", noise=0.3, **options))
+    labels = {"sequence_classification": ["bad", "good", "neutral"], "regression": ["score"],
+              "token_classification": ["O", "B-PER", "I-PER"]}[task]
+    torch.manual_seed(1)
+    if task == "token_classification":
+        clf = TokenClassifier(model, len(labels))
+    else:
+        clf = SequenceClassifier(model, len(labels), head.get("pooling", "cls"), 0.1, head.get("transform", "tanh"))
+    with torch.no_grad():
+        for name, p in clf.named_parameters():
+            if not name.startswith("encoder."):
+                p.add_(torch.randn_like(p))
+    info = {"task": task, "labels": labels, "pooling": getattr(clf, "pooling", "cls"),
+            "transform": getattr(clf, "transform_kind", "none"), "dropout": 0.1, "max_seq_len": 64, "stride": 8}
+    save_finetuned(root / "ft", 3, clf, tok, "{}\n", info)
+    return root / "ft"
+
+
+@pytest.mark.parametrize("task, options, architecture", [
+    ("sequence_classification", {"norm": "pre"}, "RobertaPreLayerNormForSequenceClassification"),
+    ("sequence_classification", {"norm": "post"}, "BertForSequenceClassification"),
+    ("sequence_classification", {"norm": "post", "position": "rotary"}, "RoFormerForSequenceClassification"),
+    ("regression", {"norm": "post"}, "BertForSequenceClassification"),
+    ("token_classification", {"norm": "pre"}, "RobertaPreLayerNormForTokenClassification"),
+    ("token_classification", {"norm": "post", "position": "rotary"}, "RoFormerForTokenClassification"),
+])
+def test_finetuned_models_export_with_equal_logits_and_serve_in_pipeline(tmp_path, capsys, monkeypatch, task,
+                                                                         options, architecture):
+    from mlm.export_hf import main
+    from mlm.finetune import load_classifier
+
+    transform = "gelu" if options.get("position") == "rotary" else "tanh"
+    source = finetuned_checkpoint(tmp_path, task, options, transform=transform)
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(main, [str(source), str(tmp_path / "hf")])
+    result = json.loads(capsys.readouterr().out)
+    assert exit_.value.code == 0 and result["architecture"] == architecture and result["max_abs_diff"] <= 1e-4
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    auto = transformers.AutoModelForTokenClassification if task == "token_classification" \
+        else transformers.AutoModelForSequenceClassification
+    hf_model = auto.from_pretrained(tmp_path / "hf", local_files_only=True).eval()
+    hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf", local_files_only=True)
+    model, tok, info = load_classifier(source)
+    assert type(hf_model).__name__ == architecture
+    assert hf_model.config.id2label == dict(enumerate(info["labels"]))
+    assert hf_model.config.problem_type == {"regression": "regression", "token_classification": None}.get(
+        task, "single_label_classification")
+    enc = hf_tok(TEXTS[1:], ["the items are sorted .", "y z"], padding=True, return_tensors="pt")  # pairs, padded
+    with torch.no_grad():
+        theirs = hf_model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
+        mine = model(enc["input_ids"], enc["attention_mask"])
+    real = enc["attention_mask"].bool()
+    if task == "token_classification":
+        theirs, mine = theirs[real], mine[real]
+    assert (theirs - mine).abs().max() <= 1e-4
+
+    pipe = transformers.pipeline("token-classification" if task == "token_classification" else "text-classification",
+                                 model=str(tmp_path / "hf"))
+    text = TEXTS[1]
+    ids = torch.tensor([tok.encode(text).ids])
+    with torch.no_grad():
+        probs = torch.softmax(model(ids), -1)[0]
+    if task == "token_classification":  # per sub-token predictions, O left out: ours at the same positions
+        for item in pipe(text):
+            assert item["entity"] == info["labels"][int(probs[item["index"]].argmax())]
+            assert item["score"] == pytest.approx(float(probs[item["index"]].max()), abs=1e-4)
+    elif task == "regression":  # the raw score, no sigmoid
+        assert pipe(text)[0]["score"] == pytest.approx(float(model(ids)[0, 0].detach()), abs=1e-4)
+    else:
+        (top,) = pipe(text)
+        assert top["label"] == info["labels"][int(probs.argmax())]
+        assert top["score"] == pytest.approx(float(probs.max()), abs=1e-4)
+
+
+@pytest.mark.parametrize("head, options, message", [
+    ({"pooling": "mean"}, {}, "head.pooling=mean has no transformers equivalent"),
+    ({"transform": "none"}, {}, "dropout -> linear on [CLS]"),
+    ({"transform": "gelu"}, {"norm": "pre"}, "head.transform=gelu, but RobertaPreLayerNormForSequenceClassification"),
+    ({"transform": "tanh"}, {"activation": "geglu"}, "model.activation=geglu"),
+])
+def test_heads_without_an_exact_equivalent_are_refused_in_one_line(tmp_path, capsys, head, options, message):
+    from mlm.export_hf import main
+
+    source = finetuned_checkpoint(tmp_path, "sequence_classification", options, **head)
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(main, [str(source), str(tmp_path / "hf")])
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and "\n" not in err and message in err
+    assert not (tmp_path / "hf").exists()
+    # The fine-tuned encoder still exports as a masked LM.
+    if "activation" not in options:
+        assert run_cli_json(main, [str(source), str(tmp_path / "mlm"), "--masked-lm"], capsys)["max_abs_diff"] <= 1e-4
+
+
+def run_cli_json(main, argv, capsys) -> dict:
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(main, argv)
+    assert exit_.value.code == 0
+    return json.loads(capsys.readouterr().out)

@@ -156,3 +156,27 @@ def test_linear_probe_reports_accuracy(task):
     result = linear_probe(model, tok, task["train"], task["test"], task["dev"])
     assert 0.0 <= result["test_accuracy"] <= 1.0 and result["l2"] in (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
     assert result["majority_baseline_test_accuracy"] == pytest.approx(0.5)
+
+
+def test_a_classifier_saved_before_task_types_still_loads(task, tmp_path):
+    """classifier.json without task/transform and a bare weight/bias head (earlier versions) load as
+    the dropout -> linear head they were, with the same predictions."""
+    import torch
+    from safetensors.torch import save_file
+    from mlm import checkpoint as ck
+
+    out = tmp_path / "old"
+    finetune(_config(task, out, **{"head.transform": "none", "train.epochs": 1}))
+    model, tok, info = load_classifier(out)
+    folder = ck.resolve_checkpoint(out)
+    old_info = {k: info[k] for k in ("labels", "pooling", "text_field", "text_pair_field", "max_seq_len")}
+    (folder / "classifier.json").write_text(json.dumps(old_info))
+    save_file({k: v.contiguous() for k, v in model.classifier.state_dict().items()}, str(folder / "classifier.safetensors"))
+    manifest = json.loads((folder / "manifest.json").read_text())  # re-sign the edited files
+    manifest["files"] = {n: {"size": (folder / n).stat().st_size, "sha256": ck.sha256_file(folder / n)}
+                         for n in manifest["files"]}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    again, _, info2 = load_classifier(folder)
+    assert info2["task"] == "sequence_classification" and info2["transform"] == "none" and again.transform is None
+    ids = torch.tensor([tok.encode("the list is fast .").ids])
+    assert torch.equal(again(ids), model(ids))

@@ -21,7 +21,8 @@ from typing import Any, Sequence
 from mlm.finetune.cli import main
 from mlm.finetune.config import SCRATCH, FinetuneConfig, FinetuneDataConfig, FinetuneTrainConfig, HeadConfig
 from mlm.finetune.run import BestState, build_encoder, finetune, fit, length_bucketed_batches, read_splits
-from mlm.finetune.saved import CLASSIFIER_INFO, CLASSIFIER_WEIGHTS, is_finetuned, load_classifier, save_finetuned
+from mlm.finetune.saved import (CLASSIFIER_INFO, CLASSIFIER_WEIGHTS, is_finetuned, load_classifier, predict_tags,
+                                save_finetuned)
 from mlm.tasks.encoding import encode_texts
 from mlm.tasks.heads import SequenceClassifier, TokenClassifier
 from mlm.tasks.kinds import Encoded, SequenceClassification, predict_split
@@ -31,7 +32,7 @@ from mlm.tasks.tagged import read_tagged
 
 __all__ = ["FinetuneConfig", "FinetuneDataConfig", "FinetuneTrainConfig", "HeadConfig", "SCRATCH", "finetune",
            "fit", "build_encoder", "read_splits", "BestState", "length_bucketed_batches", "load_classifier",
-           "save_finetuned", "is_finetuned", "CLASSIFIER_INFO", "CLASSIFIER_WEIGHTS", "predict", "predict_split",
+           "save_finetuned", "is_finetuned", "predict_tags", "CLASSIFIER_INFO", "CLASSIFIER_WEIGHTS", "predict", "predict_split",
            "tokenize", "classification_metrics", "entity_metrics", "regression_metrics", "label_names",
            "read_labeled", "read_tagged", "SequenceClassifier", "TokenClassifier", "main"]
 

@@ -19,16 +19,18 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from mlm import checkpoint as ckpt
+from mlm.errors import UserError
 from mlm.finetune.config import SCRATCH, FinetuneConfig
 from mlm.finetune.leaderboard import HEADLINE, write_tables
 from mlm.finetune.run import build_encoder, finetune
 from mlm.schema import ConfigError, from_dict, read_yaml_mapping, set_path, to_dict
 from mlm.storage import write_text_atomic
+from mlm.tasks.kinds import TASKS
 from mlm.tasks.linear_probe import linear_probe
 
 SHORTCUTS = ("train_file", "validation_file", "test_file", "text_field", "text_pair_field", "label_field",
@@ -71,6 +73,9 @@ class BenchmarkConfig:
             bad = next((n for n in entries if not NAME.match(str(n))), None)
             if bad is not None:
                 raise ConfigError(f"{section}.{bad}: names may use letters, digits, _ . - only (they name folders)")
+        bad = next((n for n, v in self.checkpoints.items() if not isinstance(v, str) or not v), None)
+        if bad is not None:
+            raise ConfigError(f"checkpoints.{bad} must be a checkpoint folder, a run's output_dir, or scratch")
         if all(v == SCRATCH for v in self.checkpoints.values()):
             raise ConfigError("checkpoints: scratch needs a real checkpoint listed to copy its architecture and tokenizer")
         for name, entry in self.tasks.items():
@@ -134,14 +139,22 @@ def cell_config(bench: BenchmarkConfig, task: str, source: str, architecture: st
     return cfg
 
 
+def resolve(name: str, path: str) -> str:
+    """The checkpoint folder a `checkpoints` entry means (a run's newest valid checkpoint)."""
+    try:
+        return str(ckpt.resolve_checkpoint(path))
+    except UserError as err:
+        raise UserError(f"checkpoints.{name}: {err}") from None
+
+
 def plan(bench: BenchmarkConfig) -> list[Cell]:
     """Every cell, task by task, checkpoint by checkpoint, seed by seed; checked before any runs."""
-    resolved = {name: (SCRATCH if path == SCRATCH else str(ckpt.resolve_checkpoint(path)))
-                for name, path in bench.checkpoints.items()}
+    resolved = {name: (SCRATCH if path == SCRATCH else resolve(name, path)) for name, path in bench.checkpoints.items()}
     architecture = next(p for p in resolved.values() if p != SCRATCH)
     root = Path(bench.output_dir) / "cells"
     cells = []
     for task in bench.tasks:
+        check_metric(bench, task)
         for name, source in resolved.items():
             for seed in bench.seeds:
                 folder = root / task / name / f"seed_{seed}"
@@ -150,6 +163,17 @@ def plan(bench: BenchmarkConfig) -> list[Cell]:
                 if bench.probe and cfg.task == "sequence_classification":
                     cells.append(Cell(task, name, seed, "probe", cfg, folder.with_name(f"probe_seed_{seed}")))
     return cells
+
+
+def check_metric(bench: BenchmarkConfig, task: str) -> None:
+    """A task's `metric` must be a validation_/test_ metric its task type reports."""
+    metric = bench.tasks[task].get("metric")
+    kind = flat_keys(bench.tasks[task]).get("task", "sequence_classification")
+    if metric is None or kind not in TASKS:
+        return  # no metric chosen, or an unknown type (cell_config names that key)
+    known = [f"{split}_{name}" for split in ("test", "validation") for name in TASKS[kind].metric_names]
+    if metric not in known:
+        raise ConfigError(f"tasks.{task}.metric: {metric!r} is not a metric of {kind}; choose one of {', '.join(known)}")
 
 
 def spec(cell: Cell) -> dict[str, Any]:
@@ -193,16 +217,15 @@ def run_probe(cell: Cell) -> dict[str, Any]:
     return result
 
 
-def run_cell(cell: Cell, fine_tune: Callable[[FinetuneConfig], dict[str, Any]]) -> dict[str, Any]:
+def run_cell(cell: Cell) -> dict[str, Any]:
     """Run one cell, then record its spec (written last: a cell killed before it reruns)."""
     torch.manual_seed(cell.seed)
-    result = run_probe(cell) if cell.kind == "probe" else fine_tune(cell.cfg)
+    result = run_probe(cell) if cell.kind == "probe" else finetune(cell.cfg)
     write_text_atomic(cell.folder / "cell.json", json.dumps(spec(cell), indent=2), what="the cell spec")
     return result
 
 
-def run_benchmark(bench: BenchmarkConfig, fine_tune: Callable[[FinetuneConfig], dict[str, Any]] = finetune,
-                  log: Any = sys.stderr) -> dict[str, Any]:
+def run_benchmark(bench: BenchmarkConfig) -> dict[str, Any]:
     """Run (or reuse) every cell and write results.json and results.md; returns the summary."""
     bench.validate()
     cells = plan(bench)
@@ -210,12 +233,12 @@ def run_benchmark(bench: BenchmarkConfig, fine_tune: Callable[[FinetuneConfig], 
     for i, cell in enumerate(cells, 1):
         found = cached(cell)
         if found is not None:
-            print(f"[{i}/{len(cells)}] {cell.label}: cached", file=log)
+            print(f"[{i}/{len(cells)}] {cell.label}: cached", file=sys.stderr)
         else:
             left = len(cells) - i
             eta = f", ~{(time.monotonic() - started) / done_now * (left + 1) / 60:.1f} min left" if done_now else ""
-            print(f"[{i}/{len(cells)}] {cell.label}: running ({left} after this{eta})", file=log)
-            found = run_cell(cell, fine_tune)
+            print(f"[{i}/{len(cells)}] {cell.label}: running ({left} after this{eta})", file=sys.stderr)
+            found = run_cell(cell)
             done_now += 1
         results.append((cell, found))
     rows = [{"task": c.task, "task_type": c.cfg.task, "checkpoint": c.checkpoint, "seed": c.seed, "kind": c.kind,

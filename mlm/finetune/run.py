@@ -135,11 +135,11 @@ class Evaluator:
                              "train_loss": float(np.mean(losses)) if losses else float("nan"),
                              **{f"validation_{k}": v for k, v in m.items()}})
         losses.clear()
-        score = self.task.score_name
+        name = self.task.score_name
         print(f"step {step} epoch {epoch:.2f}: train_loss {self.history[-1]['train_loss']:.4f} "
-              f"validation_{score} {m[score]:.4f}", file=sys.stderr)
+              f"validation_{name} {m[name]:.4f}", file=sys.stderr)
         self.seconds += time.monotonic() - started
-        return self.best.offer(m[score], {**m, "step": step, "epoch": epoch}, self.model)
+        return self.best.offer(self.task.score(m), {**m, "step": step, "epoch": epoch}, self.model)
 
 
 def fit(task: Task, model: nn.Module, train: Encoded, val: Encoded, pad_id: int, cfg: FinetuneConfig,
@@ -231,7 +231,8 @@ def summarize(task: Task, cfg: FinetuneConfig, fitted: Fitted, train: Encoded, v
         "labels": task.labels, "num_train": train.examples, "num_validation": val.examples,
         "num_test": test.examples if test is not None else 0,
         "best_step": best["step"], "best_epoch": round(best["epoch"], 3), "steps": fitted.steps,
-        "stopped_early": fitted.stopped_early, "selection_metric": f"validation_{task.score_name}",
+        "stopped_early": fitted.stopped_early,
+        "selection_metric": f"validation_{task.score_name}" + (" (lowest)" if task.lower_is_better else " (highest)"),
         "train_seconds": round(fitted.train_seconds, 2),
         "train_examples_per_s": round(trained / fitted.train_seconds, 2) if fitted.train_seconds > 0 else None,
     })

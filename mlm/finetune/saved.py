@@ -11,14 +11,16 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from torch import nn
 
 from mlm import checkpoint as ckpt
 from mlm.errors import UserError
 from mlm.tasks.heads import head_state, load_head_state
-from mlm.tasks.kinds import TASKS, Fields, HeadSettings, make_task
+from mlm.tasks.encoding import encode_words
+from mlm.tasks.kinds import TASKS, Encoded, Fields, HeadSettings, TokenClassification, make_task, predict_split
+from mlm.tokenizer import PAD
 
 CLASSIFIER_WEIGHTS = "classifier.safetensors"
 CLASSIFIER_INFO = "classifier.json"
@@ -73,3 +75,17 @@ def load_classifier(path: str | Path) -> tuple[nn.Module, Any, dict[str, Any]]:
         raise UserError(f"{found / CLASSIFIER_WEIGHTS}: does not match {CLASSIFIER_INFO} "
                         f"({str(err).splitlines()[0][:200]})") from None
     return model.eval(), tokenizer, info
+
+
+def predict_tags(model: nn.Module, tokenizer: Any, info: dict[str, Any], sentences: Sequence[Sequence[str]],
+                 batch_size: int = 64) -> list[list[str]]:
+    """One tag per word of each sentence (word lists) with a fine-tuned token classifier from
+    `load_classifier`: encoded, windowed and read back exactly as in fine-tuning."""
+    if info["task"] != "token_classification":
+        raise UserError(f"predict_tags needs a token classifier; this checkpoint is {info['task']}")
+    task = TokenClassification(labels=list(info["labels"]))
+    words = encode_words(tokenizer, sentences, None, info["max_seq_len"], info["stride"])
+    split = Encoded(None, words.rows, words.labels, words, len(sentences))
+    device = next(model.parameters()).device
+    predicted = predict_split(task, model, split, tokenizer.token_to_id(PAD), batch_size, device)
+    return task.tags_of(split, predicted)

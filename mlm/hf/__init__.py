@@ -1,1 +1,2 @@
-"""Interchange with 🤗 transformers: exact weight mappings (`mapping`) and export/import (`convert`)."""
+"""Interchange with 🤗 transformers: exact weight mappings (`mapping`), masked-LM export/import
+(`convert`) and the export of fine-tuned sequence / token classifiers (`heads`)."""

@@ -67,7 +67,8 @@ class Task:
     fields: Fields = field(default_factory=Fields)
     labels: list[str] = field(default_factory=list)
     name: ClassVar[str] = ""
-    score_name: ClassVar[str] = ""  # the validation metric early stopping maximises
+    score_name: ClassVar[str] = ""  # the validation metric early stopping selects on
+    lower_is_better: ClassVar[bool] = False
     metric_names: ClassVar[tuple[str, ...]] = ()
 
     # -- data
@@ -108,6 +109,11 @@ class Task:
 
     def baselines(self, train: Encoded, test: Encoded) -> dict[str, float]:
         return {}
+
+    def score(self, metrics: dict[str, float]) -> float:
+        """The number early stopping maximises."""
+        value = metrics[self.score_name]
+        return -value if self.lower_is_better else value
 
     def info(self) -> dict[str, Any]:
         """What classifier.json records about the task (enough to rebuild and use the head)."""
@@ -154,9 +160,12 @@ class SequenceClassification(Task):
 
 
 class Regression(Task):
-    """One number per text (or text pair); squared error; Pearson, Spearman and MSE."""
+    """One number per text (or text pair); squared error; Pearson, Spearman and MSE. Early stopping
+    selects the lowest validation MSE: Pearson ignores scale and offset, so the best-correlated
+    epoch can predict values far from the targets."""
     name = "regression"
-    score_name = "pearson"
+    score_name = "mse"
+    lower_is_better = True
     metric_names = ("pearson", "spearman", "mse")
     mean: float = 0.0
 
