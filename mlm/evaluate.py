@@ -28,7 +28,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-batches", type=int, default=0, help="0: all blocks")
     parser.add_argument("--seed", type=int, default=None, help="masking seed (default: the run's eval.seed)")
     parser.add_argument("--text-field", default="text", help="field of .jsonl/.json/.csv records")
-    parser.add_argument("--txt-documents", choices=("line", "paragraph"), default="line")
+    parser.add_argument("--txt-documents", choices=("line", "paragraph", "file"), default="line")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--precision", choices=("fp32", "bf16", "fp16", "auto"), default="fp32")
     parser.add_argument("--pll", action="store_true", help="also score each sentence by pseudo-log-likelihood")

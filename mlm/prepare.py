@@ -2,7 +2,8 @@
 
     python -m mlm.prepare --config configs/base.yaml [data.train_files=corpus/ data.seq_len=256 ...]
 
-Loads the config, calls `mlm.data.prepare_data`, prints a summary (documents, tokens, blocks,
+Loads the config, calls `mlm.data.prepare_data` (with the tokenizer of `train.init_from`, if set,
+as the trainer does), prints a summary (documents, tokens, blocks,
 what was skipped or repaired and why). A user mistake ends in one `error:` line and exit 2.
 """
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Sequence
 from mlm.config import load_config
 from mlm.data import format_summary, prepare_data
 from mlm.errors import run_cli
+from mlm.warmstart import warm_start
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -23,7 +25,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. data.seq_len=256")
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
-    prepared = prepare_data(cfg)
+    start = warm_start(cfg, None)  # train.init_from: the checkpoint's tokenizer (extended by data.extend_vocab)
+    prepared = prepare_data(cfg, tokenizer=start.tokenizer, extend_vocab=start.extend_vocab)
     if args.json:
         print(json.dumps(prepared.stats, indent=1, sort_keys=True))
     else:

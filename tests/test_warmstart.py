@@ -20,6 +20,7 @@ from mlm.loop import count_targets, masked_lm_loss
 from mlm.model import MLMModel, ModelConfig
 from mlm.schema import to_yaml
 from mlm.tokenizer import PAD, special_token_ids, train_tokenizer
+from mlm.prepare import main as prepare_main
 from mlm.train import fit, main, setup
 
 DOMAIN = ("Thrombocytopenia with pneumonia. The pneumonia resolved after treatment; "
@@ -96,6 +97,23 @@ def test_the_same_command_later_resumes_the_runs_own_checkpoints(base, domain_fi
     run = setup(again)
     assert run.state.step == 2
     assert run.prepared.tokenizer.to_str() == ck.load_pretrained(tmp_path / "run")[1].to_str()
+
+
+def test_prepare_ahead_uses_the_checkpoints_tokenizer_and_the_trainer_reuses_its_cache(base, domain_file, tmp_path,
+                                                                                       capsys):
+    cfg = continued(base, domain_file, tmp_path, **{"data.extend_vocab": 20})
+    overrides = tiny_overrides(domain_file, tmp_path / "cache", tmp_path / "run", **{
+        "train.init_from": str(base), "model.max_seq_len": 64, "data.extend_vocab": 20})
+    assert prepare_main(["--json", *overrides]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    cached = sorted(p for p in (tmp_path / "cache").rglob("*") if p.is_file())
+    run = setup(cfg)
+    assert sorted(p for p in (tmp_path / "cache").rglob("*") if p.is_file()) == cached  # nothing rebuilt
+    assert run.prepared.stats["reused"] and not stats["reused"]
+    assert {k: v for k, v in run.prepared.stats.items() if k not in ("reused", "seconds")} == \
+        {k: v for k, v in stats.items() if k not in ("reused", "seconds")}
+    old = ck.load_pretrained(base)[1].get_vocab()
+    assert len(old) < run.prepared.tokenizer.get_vocab_size() <= len(old) + 20
 
 
 def char_checkpoint(root: Path) -> Path:
