@@ -7,18 +7,25 @@ The spec (YAML) names the tasks, the seeds, and the pretraining points:
     out: runs/curve
     base_config: configs/base.yaml
     finetune_config: configs/finetune.yaml
-    tasks: {topics120: runs/tasks/stdlib_topics, topics30: runs/tasks/stdlib_topics_small}
+    tasks:                             # name: a folder of train/dev/test.jsonl (sequence classification),
+      topics120: runs/tasks/stdlib_topics          # or {folder, task, metric} for another task type
+      topics30: runs/tasks/stdlib_topics_small
+      params: {folder: runs/tasks/stdlib_params, task: token_classification, metric: test_entity_f1}
     seeds: [0, 1, 2]
-    finetune: []                       # overrides for every fine-tuning run
+    finetune: [train.num_threads=1]    # overrides for every fine-tuning run
+    x_label: pretraining CPU-minutes   # the plot's x axis
     points:                            # name: {minutes: x, pretrain: [overrides of base_config]}
-      b2:  {minutes: 2,  pretrain: [train.budget_minutes=2, train.max_steps=1000000]}
-      b10: {minutes: 10, pretrain: [train.budget_minutes=10, train.max_steps=1000000]}
+      b2:  {minutes: 2,  pretrain: [train.budget_minutes=2, train.max_steps=1000000, train.num_threads=1]}
+      b10: {minutes: 10, pretrain: [train.budget_minutes=10, train.max_steps=1000000, train.num_threads=1]}
 
-Every point is pretrained once (`python -m mlm.train`, into <out>/pretrain/<name>), then fine-tuned
-on every task with every seed (`python -m mlm.finetune`); the same architecture from random weights
-("scratch", minutes 0) and TF-IDF + logistic regression (`scripts/tfidf_baseline.py`) are the
-baselines. Each finished run is kept and skipped when the script runs again, so it resumes. Writes
-<out>/curve.json (every run, and mean ± sd per point and task) and <out>/curve.png.
+Every point is pretrained once (`python -m mlm.train`, into <out>/pretrain/<name>; a finished run
+already there, e.g. a copy of a `configs/base.yaml` run, is used as is), then fine-tuned on every
+task with every seed (`python -m mlm.finetune`); the same architecture from random weights
+("scratch") and a baseline without a network are the references: TF-IDF + logistic regression
+(`scripts/tfidf_baseline.py`) for sequence classification, per-token logistic regression over
+window features (`scripts/token_baseline.py`) for token classification. Each finished run is kept
+and skipped when the script runs again, so it resumes. Writes <out>/curve.json (every run, and
+mean ± sd per point and task) and <out>/curve.png.
 """
 from __future__ import annotations
 
@@ -37,6 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 
 from tfidf_baseline import tfidf_baseline  # noqa: E402
+from token_baseline import baseline as token_baseline  # noqa: E402
 
 
 def log(msg: str) -> None:
@@ -61,11 +69,21 @@ def pretrain(spec: dict, name: str, point: dict) -> Path:
     return out
 
 
+def task_spec(entry) -> dict:
+    """A task entry: a folder (sequence classification, test accuracy) or {folder, task, metric}."""
+    entry = {"folder": entry} if isinstance(entry, str) else dict(entry)
+    entry.setdefault("task", "sequence_classification")
+    entry.setdefault("metric", "test_entity_f1" if entry["task"] == "token_classification" else "test_accuracy")
+    return entry
+
+
 def finetune(spec: dict, init: list[str], task: str, seed: int, out: Path) -> dict:
     results = out / "results.json"
     if not results.is_file():
-        folder = Path(spec["tasks"][task])
+        entry = task_spec(spec["tasks"][task])
+        folder = Path(entry["folder"])
         run(["-m", "mlm.finetune", "--config", spec["finetune_config"], *init, f"output_dir={out}",
+             f"task={entry['task']}",
              f"data.train_file={folder / 'train.jsonl'}", f"data.validation_file={folder / 'dev.jsonl'}",
              f"data.test_file={folder / 'test.jsonl'}", f"train.seed={seed}", "save_checkpoint=false",
              *spec.get("finetune", [])], f"fine-tuning {out.relative_to(spec['out'])}")
@@ -102,21 +120,35 @@ def main(argv=None) -> int:
         for task in spec["tasks"]:
             for kind, init, folder in (("pretrained", [f"init_from={ckpt}"], name),
                                        ("scratch", ["init_from=scratch", f"architecture_from={ckpt}"], twin)):
+                metric = task_spec(spec["tasks"][task])["metric"]
                 accs = [finetune(spec, init, task, seed, out / "finetune" / folder / kind / task / f"seed{seed}")
-                        ["test_accuracy"] for seed in spec["seeds"]]
+                        [metric] for seed in spec["seeds"]]
                 rows[name][f"{kind}_{task}"] = summarise(accs)
-    baselines = {}
-    for task, folder in spec["tasks"].items():
-        folder = Path(folder)
-        baselines[task] = tfidf_baseline(str(folder / "train.jsonl"), str(folder / "dev.jsonl"),
-                                         str(folder / "test.jsonl"))
-    result = {"spec": spec, "points": rows, "tfidf": baselines}
+    baselines = {task: no_network_baseline(out, task, task_spec(entry)) for task, entry in spec["tasks"].items()}
+    result = {"spec": spec, "points": rows, "baselines": baselines}
     (out / "curve.json").write_text(json.dumps(result, indent=2))
     plot(result, out / "curve.png")
     print(json.dumps({name: {k: (round(v["mean"], 4), round(v["sd"], 4)) for k, v in row.items()
                              if isinstance(v, dict)} for name, row in rows.items()}, indent=1))
-    print(json.dumps({t: round(b["test_accuracy"], 4) for t, b in baselines.items()}))
+    print(json.dumps({t: (b["name"], round(b["score"], 4)) for t, b in baselines.items()}))
     return 0
+
+
+def no_network_baseline(out: Path, task: str, entry: dict) -> dict:
+    """TF-IDF + LR (sequence classification) or per-token LR (token classification), cached."""
+    cached = out / "baselines" / f"{task}.json"
+    if cached.is_file():
+        return json.loads(cached.read_text())
+    files = [str(Path(entry["folder"]) / f"{split}.jsonl") for split in ("train", "dev", "test")]
+    log(f"baseline for {task}")
+    if entry["task"] == "token_classification":
+        found = {"name": "per-token LR", **token_baseline(*files)}
+    else:
+        found = {"name": "TF-IDF + LR", **tfidf_baseline(*files)}
+    found["score"] = found.get(entry["metric"], found.get("test_accuracy"))
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_text(json.dumps(found, indent=1))
+    return found
 
 
 def plot(result: dict, path: Path) -> None:
@@ -136,8 +168,10 @@ def plot(result: dict, path: Path) -> None:
             ys = [p[f"{kind}_{task}"]["mean"] for p in points]
             es = [p[f"{kind}_{task}"]["sd"] for p in points]
             ax.errorbar(xs, ys, yerr=es, fmt=style, capsize=3, label=kind)
-        ax.axhline(result["tfidf"][task]["test_accuracy"], color="gray", linestyle=":", label="TF-IDF + LR")
-        ax.set(title=task, xlabel="pretraining minutes (2 CPU cores)", ylabel="test accuracy")
+        base = result["baselines"][task]
+        ax.axhline(base["score"], color="gray", linestyle=":", label=base["name"])
+        ax.set(title=task, xlabel=result["spec"].get("x_label", "pretraining minutes"),
+               ylabel=task_spec(result["spec"]["tasks"][task])["metric"])
         ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=90)

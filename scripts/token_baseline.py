@@ -27,7 +27,7 @@ from mlm.tasks.linear_probe import SparseLogisticRegression, fit_sparse_logistic
 from mlm.tasks.metrics import entity_metrics
 from mlm.tasks.tagged import TaggedData, encode_tags, read_tagged, tag_names
 
-L2_GRID = (1e-6, 1e-5, 1e-4, 1e-3)
+L2_GRID = (1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3)
 OFFSETS = (-2, -1, 1, 2)
 
 
