@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import importlib.util
 from dataclasses import asdict
 from pathlib import Path
 
@@ -16,6 +17,14 @@ from mlm.tokenizer import PAD, special_token_ids, train_tokenizer
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "tests" / "fixtures"
+
+
+def load_script(path: Path):
+    """Import a script (scripts/*.py are not a package) as a module, to call its functions in-process."""
+    spec = importlib.util.spec_from_file_location(f"script_{path.parent.name}_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def tiny_overrides(corpus: Path, cache: Path, out: Path, **extra: object) -> list[str]:

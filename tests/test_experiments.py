@@ -14,16 +14,15 @@ from pathlib import Path
 
 import pytest
 
+from helpers import load_script
+
 REPO = Path(__file__).resolve().parent.parent
 EXPERIMENTS = REPO / "scripts" / "experiments"
 HAVE_MPL = importlib.util.find_spec("matplotlib") is not None
 
 
 def load(name: str):
-    spec = importlib.util.spec_from_file_location(f"experiment_{name}", EXPERIMENTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(EXPERIMENTS / f"{name}.py")
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ from scratch on every task and seed, compared with the no-network baseline of ea
 second run reuses every finished run instead of recomputing it."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import sysconfig
 from pathlib import Path
@@ -11,16 +10,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import REPO, tiny_overrides
+from helpers import REPO, load_script, tiny_overrides
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 
 
 def load(name: str):
-    spec = importlib.util.spec_from_file_location(f"script_{name}", REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(REPO / "scripts" / f"{name}.py")
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ scripts/token_baseline.py fits its per-token logistic regression and reports ent
 scripts/make_classification_task.py --pairs writes a relatedness regression task."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import sysconfig
 from pathlib import Path
@@ -14,16 +13,13 @@ import torch
 
 from mlm.tasks.linear_probe import fit_sparse_logistic_regression
 from mlm.tasks.tagged import read_tagged
-from helpers import REPO
+from helpers import REPO, load_script
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 
 
 def load(name: str):
-    spec = importlib.util.spec_from_file_location(f"script_{name}", REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(REPO / "scripts" / f"{name}.py")
 
 
 @pytest.fixture(scope="module")
