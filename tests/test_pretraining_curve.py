@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from helpers import REPO, load_script, tiny_overrides
+from mlm.config import load_config
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 
@@ -68,3 +69,11 @@ def test_curve_compares_pretrained_scratch_and_baselines_then_resumes(spec_file,
     log = capsys.readouterr().err
     assert "pretraining" not in log and "fine-tuning" not in log and "baseline" not in log
     assert json.loads((out / "curve.json").read_text())["points"] == result["points"]
+
+
+def test_the_shipped_curve_spec_gives_valid_pretraining_configs():
+    spec = yaml.safe_load((REPO / "configs" / "curve.yaml").read_text())
+    for name, point in spec["points"].items():
+        cfg = load_config(str(REPO / spec["base_config"]), point["pretrain"])
+        assert (cfg.train.budget_minutes == point["minutes"]) or name == "base", name
+    assert (REPO / spec["finetune_config"]).is_file()
