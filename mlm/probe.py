@@ -14,11 +14,9 @@ import torch
 
 from mlm.checkpoint import load_pretrained
 from mlm.errors import run_cli
-from mlm.tasks.linear_probe import (L2_GRID, LogisticRegression, extract_features, fit_logistic_regression,
-                                    fit_sparse_logistic_regression, linear_probe)
+from mlm.tasks.linear_probe import L2_GRID, LogisticRegression, extract_features, fit_logistic_regression, linear_probe
 
-__all__ = ["L2_GRID", "LogisticRegression", "extract_features", "fit_logistic_regression",
-           "fit_sparse_logistic_regression", "linear_probe", "main"]
+__all__ = ["L2_GRID", "LogisticRegression", "extract_features", "fit_logistic_regression", "linear_probe", "main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -9,11 +9,16 @@ import random
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import save_file
 
+from mlm import checkpoint as ck
 from mlm.config import ConfigError, load_config
 from mlm.errors import UserError, run_cli
+from mlm.finetune import main as finetune_main
 from mlm.finetune import (FinetuneConfig, classification_metrics, finetune, label_names, load_classifier, predict,
                           read_labeled, tokenize)
+from mlm.probe import fit_logistic_regression, linear_probe
 from helpers import tiny_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
@@ -83,8 +88,7 @@ def test_finetune_from_a_checkpoint_is_clearly_above_chance(task, tmp_path):
     gold = [info["labels"].index(label) for label in test.labels]
     pred = predict(model, rows, tok.token_to_id("[PAD]"), 32, model.classifier.weight.device)
     assert classification_metrics(pred, gold, 2)["accuracy"] == pytest.approx(saved["test_accuracy"])
-    from mlm.checkpoint import load_pretrained
-    encoder, _ = load_pretrained(saved["checkpoint"])
+    encoder, _ = ck.load_pretrained(saved["checkpoint"])
     assert encoder.cfg.hidden_size == 32
 
 
@@ -131,28 +135,22 @@ def test_labels_ints_and_strings_and_unknown_labels(tmp_path):
 
 
 def test_cli_reports_a_label_missing_from_training_in_one_line(task, tmp_path, capsys):
-    from mlm.finetune import main
-
     test = _write_jsonl(tmp_path / "test.jsonl", [{"text": "the list is fast .", "label": "neutral"}])
     argv = ["--config", str(REPO / "configs" / "finetune.yaml")] + _overrides(
         task, tmp_path / "x", **{"data.test_file": test})
     with pytest.raises(SystemExit) as exit_:
-        run_cli(main, argv)
+        run_cli(finetune_main, argv)
     err = capsys.readouterr().err.strip()
     assert exit_.value.code == 2 and "\n" not in err
     assert "test.jsonl" in err and "'neutral'" in err
 
 
 def test_linear_probe_reports_accuracy(task):
-    from mlm.checkpoint import load_pretrained
-    from mlm.probe import fit_logistic_regression, linear_probe
-    import torch
-
     # The logistic regression itself: separable data is fitted perfectly.
     x = torch.cat([torch.randn(50, 3) + 3, torch.randn(50, 3) - 3])
     y = [0] * 50 + [1] * 50
     assert fit_logistic_regression(x, y, 2, l2=1e-3).predict(x) == y
-    model, tok = load_pretrained(task["ckpt"])
+    model, tok = ck.load_pretrained(task["ckpt"])
     result = linear_probe(model, tok, task["train"], task["test"], task["dev"])
     assert 0.0 <= result["test_accuracy"] <= 1.0 and result["l2"] in (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
     assert result["majority_baseline_test_accuracy"] == pytest.approx(0.5)
@@ -161,10 +159,6 @@ def test_linear_probe_reports_accuracy(task):
 def test_a_classifier_saved_before_task_types_still_loads(task, tmp_path):
     """classifier.json without task/transform and a bare weight/bias head (earlier versions) load as
     the dropout -> linear head they were, with the same predictions."""
-    import torch
-    from safetensors.torch import save_file
-    from mlm import checkpoint as ck
-
     out = tmp_path / "old"
     finetune(_config(task, out, **{"head.transform": "none", "train.epochs": 1}))
     model, tok, info = load_classifier(out)

@@ -18,8 +18,7 @@ from torch import nn
 from mlm import checkpoint as ckpt
 from mlm.errors import UserError
 from mlm.tasks.heads import head_state, load_head_state
-from mlm.tasks.encoding import encode_words
-from mlm.tasks.kinds import TASKS, Encoded, Fields, HeadSettings, TokenClassification, make_task, predict_split
+from mlm.tasks.kinds import TASKS, Fields, HeadSettings, TokenClassification, make_task, predict_split
 from mlm.tokenizer import PAD
 
 CLASSIFIER_WEIGHTS = "classifier.safetensors"
@@ -84,8 +83,7 @@ def predict_tags(model: nn.Module, tokenizer: Any, info: dict[str, Any], sentenc
     if info["task"] != "token_classification":
         raise UserError(f"predict_tags needs a token classifier; this checkpoint is {info['task']}")
     task = TokenClassification(labels=list(info["labels"]))
-    words = encode_words(tokenizer, sentences, None, info["max_seq_len"], info["stride"])
-    split = Encoded(None, words.rows, words.labels, words, len(sentences))
+    split = task.encode_sentences(tokenizer, sentences, None, info["max_seq_len"], info["stride"])
     device = next(model.parameters()).device
     predicted = predict_split(task, model, split, tokenizer.token_to_id(PAD), batch_size, device)
     return task.tags_of(split, predicted)

@@ -228,8 +228,13 @@ class TokenClassification(Task):
         return len(data.words)
 
     def encode(self, tokenizer: Any, data: TaggedData, max_len: int, stride: int) -> Encoded:
-        words = encode_words(tokenizer, data.words, encode_tags(data, self.labels), max_len, stride)
-        return Encoded(data, words.rows, words.labels, words, examples=len(data.words))
+        return self.encode_sentences(tokenizer, data.words, encode_tags(data, self.labels), max_len, stride, data)
+
+    def encode_sentences(self, tokenizer: Any, sentences: Sequence[Sequence[str]], tags: Any, max_len: int,
+                         stride: int, data: TaggedData | None = None) -> Encoded:
+        """Word lists as windowed model rows; `tags` None for sentences to predict (no labels)."""
+        words = encode_words(tokenizer, sentences, tags, max_len, stride)
+        return Encoded(data, words.rows, words.labels, words, examples=len(sentences))
 
     def build(self, encoder: MLMModel, head: HeadSettings) -> nn.Module:
         return TokenClassifier(encoder, len(self.labels), head.dropout)
