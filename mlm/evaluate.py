@@ -27,6 +27,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--max-batches", type=int, default=0, help="0: all blocks")
     parser.add_argument("--seed", type=int, default=None, help="masking seed (default: the run's eval.seed)")
+    parser.add_argument("--mlm-probability", type=float, default=None,
+                        help="share of tokens masked (default: the run's validation rate, eval.mlm_probability)")
     parser.add_argument("--text-field", default="text", help="field of .jsonl/.json/.csv records")
     parser.add_argument("--txt-documents", choices=("line", "paragraph", "file"), default="line")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -42,12 +44,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.mlm_probability is not None and not 0.0 < args.mlm_probability <= 1.0:
+        raise UserError(f"--mlm-probability must be in (0, 1], got {args.mlm_probability}")
     result: dict[str, Any] = {}
     if not args.pll_only:
         result.update(masked_lm_metrics(args.checkpoint, args.data, seq_len=args.seq_len, batch_size=args.batch_size,
                                         max_batches=args.max_batches, seed=args.seed, text_field=args.text_field,
                                         txt_documents=args.txt_documents, device=args.device,
-                                        precision=args.precision))
+                                        precision=args.precision, mlm_probability=args.mlm_probability))
     if args.pll or args.pll_only:
         rt = setup_runtime(args.device, "fp32")
         model, tokenizer = load_pretrained(args.checkpoint, device=rt.device)

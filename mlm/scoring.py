@@ -30,7 +30,7 @@ from mlm.checkpoint import RUN_CONFIG_FILE, TOKENIZER_FILE, load_pretrained, res
 from mlm.config import Config, load_config
 from mlm.data import prepare_data
 from mlm.errors import UserError
-from mlm.loop import build_collator, evaluate
+from mlm.loop import eval_collator, evaluate
 from mlm.model import IGNORE_INDEX
 from mlm.padding import pad_batch
 from mlm.runtime import setup_runtime
@@ -53,10 +53,12 @@ def run_config_of(checkpoint: Path) -> Config:
 def masked_lm_metrics(checkpoint: str | Path, files: Sequence[str], *, seq_len: int = 0, batch_size: int = 64,
                       max_batches: int = 0, seed: int | None = None, text_field: str = "text",
                       txt_documents: str = "line", device: str = "auto", precision: str = "fp32",
-                      cache_dir: str = "") -> dict[str, Any]:
+                      cache_dir: str = "", mlm_probability: float | None = None) -> dict[str, Any]:
     """Masked loss, masked-token accuracy and perplexity of `checkpoint` on `files` (fixed masking seed).
 
-    `seq_len` 0 and `seed` None take the run's data.seq_len and eval.seed.
+    Masked as the run's own validation was (eval.mlm_probability, else the rates its training ended
+    on), so the figure matches the trainer's. `seq_len` 0 and `seed` None take the run's data.seq_len
+    and eval.seed; `mlm_probability` overrides the rate, to compare runs trained at different rates.
     """
     if not files:
         raise UserError("--data: give at least one held-out text file")
@@ -78,14 +80,15 @@ def masked_lm_metrics(checkpoint: str | Path, files: Sequence[str], *, seq_len: 
         run.output_dir = tmp
         prepared = prepare_data(run, progress=False)
         model.to(rt.device)
-        metrics = evaluate(model, prepared.train, build_collator(run.collate, tokenizer), rt, batch_size,
-                           max_batches, seed)
+        collator = eval_collator(run.collate, tokenizer,
+                                 run.eval.mlm_probability if mlm_probability is None else mlm_probability)
+        metrics = evaluate(model, prepared.train, collator, rt, batch_size, max_batches, seed)
         blocks, stats = len(prepared.train), prepared.stats
     return {"checkpoint": str(found), "masked_loss": metrics["eval_loss"],
             "masked_accuracy": metrics["eval_accuracy"], "masked_accuracy_stderr": metrics["eval_accuracy_stderr"],
             "perplexity": metrics["eval_perplexity"], "masked_tokens": metrics["eval_masked_tokens"],
             "blocks": blocks, "documents": stats.get("documents"), "seq_len": run.data.seq_len, "seed": seed,
-            "mlm_probability": run.collate.mlm_probability, "strategy": run.collate.strategy}
+            "mlm_probability": collator.mlm_probability, "strategy": run.collate.strategy}
 
 
 # ---------------------------------------------------------------- pseudo-log-likelihood

@@ -5,6 +5,7 @@ import functools
 import importlib.util
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import pydoc_data.topics as topics
 import torch
@@ -72,9 +73,11 @@ def tiny_tokenizer():
     return train_tokenizer(topic_texts(), 600)
 
 
-def tiny_checkpoint(root: Path, *, seed: int = 0, noise: float = 0.0, seq_len: int = 32, **model_options) -> Path:
+def tiny_checkpoint(root: Path, *, seed: int = 0, noise: float = 0.0, seq_len: int = 32,
+                    run_settings: dict[str, Any] | None = None, **model_options) -> Path:
     """Save a tiny random MLMModel + tokenizer as `root/checkpoints/step_1`; `noise` perturbs every
-    weight (norms and biases included) so that a wrong weight mapping cannot go unnoticed."""
+    weight (norms and biases included) so that a wrong weight mapping cannot go unnoticed;
+    `run_settings` ({"collate.mlm_probability": 0.4, ...}) go into the saved run config."""
     tok = tiny_tokenizer()
     options = dict(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_seq_len=64)
     options.update(model_options)
@@ -88,5 +91,8 @@ def tiny_checkpoint(root: Path, *, seed: int = 0, noise: float = 0.0, seq_len: i
                 p.add_(torch.randn_like(p) * noise)
     run = Config(output_dir=str(root), model=cfg)
     run.data.seq_len = seq_len
+    for key, value in (run_settings or {}).items():
+        section, name = key.split(".")
+        setattr(getattr(run, section), name, value)
     contents = ck.CheckpointContents(model.state_dict(), asdict(cfg), tok.to_str(), to_yaml(run))
     return ck.save_checkpoint(root / "checkpoints", 1, contents)

@@ -124,6 +124,33 @@ def test_masked_metrics_are_reproducible_with_a_fixed_seed(ckpt, tmp_path):
     assert 0.0 <= first["masked_accuracy"] <= 1.0
 
 
+def test_masked_metrics_mask_like_the_runs_validation_unless_told_otherwise(tmp_path):
+    """Trained at 40% but validated at 15% (eval.mlm_probability): mlm.evaluate masks 15%, as the
+    trainer's validation did; --mlm-probability picks another rate (to compare runs trained apart)."""
+    from mlm.evaluate import masked_lm_metrics
+
+    path = tiny_checkpoint(tmp_path, run_settings={"collate.mlm_probability": 0.4, "eval.mlm_probability": 0.15})
+    held_out = tmp_path / "held_out.txt"
+    held_out.write_text("\n".join(topic_texts(79)[:40]), encoding="utf-8")
+    default = masked_lm_metrics(path, [str(held_out)], batch_size=16, seed=7, device="cpu")
+    forty = masked_lm_metrics(path, [str(held_out)], batch_size=16, seed=7, device="cpu", mlm_probability=0.4)
+    assert default["mlm_probability"] == 0.15 and forty["mlm_probability"] == 0.4
+    # the same blocks, masked at 0.4 vs 0.15: 8/3 as many masks, within sampling noise (> 1,000 tokens)
+    assert default["blocks"] == forty["blocks"] and default["masked_tokens"] > 150
+    assert forty["masked_tokens"] / default["masked_tokens"] == pytest.approx(0.4 / 0.15, rel=0.15)
+
+
+def test_evaluate_cli_refuses_a_masking_rate_outside_0_1(ckpt, tmp_path, capsys):
+    from mlm.evaluate import main
+
+    text = tmp_path / "held_out.txt"
+    text.write_text("\n".join(SENTENCES) + "\n", encoding="utf-8")
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(main, [str(ckpt), "--data", str(text), "--mlm-probability", "1.5", "--device", "cpu"])
+    assert exit_.value.code != 0
+    assert "--mlm-probability must be in (0, 1], got 1.5" in capsys.readouterr().err
+
+
 def test_evaluate_cli_pll(ckpt, tmp_path, capsys):
     from mlm.evaluate import main
 
