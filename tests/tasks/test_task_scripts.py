@@ -1,7 +1,8 @@
 """The shipped task builders and the hand-made baseline, at small size: scripts/make_token_task.py
 tags exactly the docstring words that name a parameter (required or with a default);
 scripts/token_baseline.py fits its per-token logistic regression and reports entity F1;
-scripts/make_classification_task.py --pairs writes a relatedness regression task."""
+scripts/make_classification_task.py --pairs writes a relatedness regression task;
+scripts/param_copy_probe.py masks exactly the parameter mentions."""
 from __future__ import annotations
 
 import json
@@ -11,9 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from mlm.checkpoint import load_pretrained
 from mlm.tasks.linear_probe import fit_sparse_logistic_regression
 from mlm.tasks.tagged import read_tagged
-from helpers import REPO, load_script
+from helpers import REPO, load_script, tiny_checkpoint
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 
@@ -74,3 +76,21 @@ def test_pairs_task_is_a_relatedness_regression(tmp_path):
     for r in rows:
         same_module = r["source"].split(".")[0] == r["source_pair"].split(".")[0]
         assert (r["label"] == 2.0) == same_module and r["text"] and r["text_pair"]
+
+
+def test_param_copy_probe_masks_each_single_token_parameter_mention(token_task, tmp_path):
+    """Every docstring word tagged as a parameter that is one token of the checkpoint's tokenizer is
+    masked once (signature words never are), and the top-1 rates are shares of those."""
+    path = tiny_checkpoint(tmp_path, max_seq_len=512)
+    _, tokenizer = load_pretrained(path)
+    expected = 0
+    for line in (token_task / "test.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        word_ids = tokenizer.encode(row["tokens"], is_pretokenized=True).word_ids
+        start = row["tokens"].index(":") + 1
+        expected += sum(1 for i in range(start, len(row["tokens"]))
+                        if row["tags"][i] != "O" and word_ids.count(i) == 1)
+    result = load("param_copy_probe").probe(str(path), str(token_task / "test.jsonl"), max_examples=100)
+    assert expected > 0 and result["parameter_masked"] == expected
+    assert result["other_masked"] > 0
+    assert 0.0 <= result["parameter_top1"] <= 1.0 and 0.0 <= result["other_top1"] <= 1.0
