@@ -17,6 +17,7 @@ import json
 import torch
 
 from mlm.checkpoint import load_pretrained
+from mlm.model import IGNORE_INDEX
 from mlm.tokenizer import MASK
 
 
@@ -33,18 +34,24 @@ def probe(path: str, task_file: str, max_examples: int) -> dict:
         if len(ids) > model.cfg.max_seq_len:
             continue
         docstring_start = words.index(":") + 1 if ":" in words else 0
+        chosen: list[tuple[str, int]] = []  # (kind, token position) of each word to mask
         for i in range(docstring_start, len(words)):
             kind = "other" if tags[i] == "O" else "parameter"
             positions = [p for p, w in enumerate(word_ids) if w == i]
-            if len(positions) != 1 or (kind == "other" and i % 5):
-                continue
-            inputs = torch.tensor([ids])  # (1, s)
-            inputs[0, positions[0]] = mask_id
-            labels = torch.full_like(inputs, -100)
-            labels[0, positions[0]] = ids[positions[0]]
-            with torch.no_grad():
-                predicted = model(inputs, labels=labels).logits.argmax(-1)  # (1,)
-            counts[kind][0] += int(predicted.item() == ids[positions[0]])
+            if len(positions) == 1 and (kind == "parameter" or i % 5 == 0):
+                chosen.append((kind, positions[0]))
+        if not chosen:
+            continue
+        # one masked copy of the sentence per chosen word, all in one forward
+        inputs = torch.tensor([ids]).repeat(len(chosen), 1)  # (k, s)
+        labels = torch.full_like(inputs, IGNORE_INDEX)
+        for row, (_, position) in enumerate(chosen):
+            inputs[row, position] = mask_id
+            labels[row, position] = ids[position]
+        with torch.no_grad():
+            predicted = model(inputs, labels=labels).logits.argmax(-1)  # (k,): labelled positions, row order
+        for (kind, position), token in zip(chosen, predicted.tolist()):
+            counts[kind][0] += int(token == ids[position])
             counts[kind][1] += 1
     return {"checkpoint": path, **{f"{k}_top1": round(c / max(n, 1), 4) for k, (c, n) in counts.items()},
             **{f"{k}_masked": n for k, (_, n) in counts.items()}}

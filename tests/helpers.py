@@ -5,13 +5,13 @@ import functools
 import importlib.util
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Sequence
 
 import pydoc_data.topics as topics
 import torch
 
 from mlm import checkpoint as ck
-from mlm.config import Config
+from mlm.config import load_config
 from mlm.model import MLMModel, ModelConfig
 from mlm.schema import to_yaml
 from mlm.tokenizer import PAD, special_token_ids, train_tokenizer
@@ -74,10 +74,11 @@ def tiny_tokenizer():
 
 
 def tiny_checkpoint(root: Path, *, seed: int = 0, noise: float = 0.0, seq_len: int = 32,
-                    run_settings: dict[str, Any] | None = None, **model_options) -> Path:
+                    run_overrides: Sequence[str] = (), **model_options) -> Path:
     """Save a tiny random MLMModel + tokenizer as `root/checkpoints/step_1`; `noise` perturbs every
     weight (norms and biases included) so that a wrong weight mapping cannot go unnoticed;
-    `run_settings` ({"collate.mlm_probability": 0.4, ...}) go into the saved run config."""
+    `run_overrides` (["collate.mlm_probability=0.4", ...], as on the command line) go into the saved
+    run config."""
     tok = tiny_tokenizer()
     options = dict(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_seq_len=64)
     options.update(model_options)
@@ -89,10 +90,7 @@ def tiny_checkpoint(root: Path, *, seed: int = 0, noise: float = 0.0, seq_len: i
         with torch.no_grad():
             for p in model.parameters():
                 p.add_(torch.randn_like(p) * noise)
-    run = Config(output_dir=str(root), model=cfg)
-    run.data.seq_len = seq_len
-    for key, value in (run_settings or {}).items():
-        section, name = key.split(".")
-        setattr(getattr(run, section), name, value)
+    run = load_config(None, [f"output_dir={root}", f"data.seq_len={seq_len}", *run_overrides])
+    run.model = cfg
     contents = ck.CheckpointContents(model.state_dict(), asdict(cfg), tok.to_str(), to_yaml(run))
     return ck.save_checkpoint(root / "checkpoints", 1, contents)

@@ -129,7 +129,7 @@ def test_masked_metrics_mask_like_the_runs_validation_unless_told_otherwise(tmp_
     trainer's validation did; --mlm-probability picks another rate (to compare runs trained apart)."""
     from mlm.evaluate import masked_lm_metrics
 
-    path = tiny_checkpoint(tmp_path, run_settings={"collate.mlm_probability": 0.4, "eval.mlm_probability": 0.15})
+    path = tiny_checkpoint(tmp_path, run_overrides=["collate.mlm_probability=0.4", "eval.mlm_probability=0.15"])
     held_out = tmp_path / "held_out.txt"
     held_out.write_text("\n".join(topic_texts(79)[:40]), encoding="utf-8")
     default = masked_lm_metrics(path, [str(held_out)], batch_size=16, seed=7, device="cpu")
