@@ -2,10 +2,12 @@
 tags exactly the docstring words that name a parameter (required or with a default);
 scripts/token_baseline.py fits its per-token logistic regression and reports entity F1;
 scripts/make_classification_task.py --pairs writes a relatedness regression task;
-scripts/param_copy_probe.py masks exactly the parameter mentions."""
+scripts/param_copy_probe.py masks exactly the parameter mentions; scripts/make_error_task.py tags
+exactly the words it corrupted."""
 from __future__ import annotations
 
 import json
+from collections import Counter
 import sysconfig
 from pathlib import Path
 
@@ -94,3 +96,37 @@ def test_param_copy_probe_masks_each_single_token_parameter_mention(token_task, 
     assert expected > 0 and result["parameter_masked"] == expected
     assert result["other_masked"] > 0
     assert 0.0 <= result["parameter_top1"] <= 1.0 and 0.0 <= result["other_top1"] <= 1.0
+
+
+def test_error_task_tags_exactly_the_corrupted_words(tmp_path):
+    """Each tagged span is a real change of the clean sentence (a SUB word differs, a SWAP pair is
+    the clean pair exchanged), everything else is the clean text, and the same seed gives the same files."""
+    make = load("make_error_task")
+    args = ["--root", str(STDLIB / "email"), "--train-size", "60", "--dev-size", "10", "--test-size", "10"]
+    assert make.main(["--out", str(tmp_path / "a"), *args, "--corpus", str(tmp_path / "new" / "corpus.jsonl")]) == 0
+    assert make.main(["--out", str(tmp_path / "b"), *args]) == 0
+    assert (tmp_path / "a" / "train.jsonl").read_bytes() == (tmp_path / "b" / "train.jsonl").read_bytes()
+    clean = {" ".join(w): w for w, _ in sum(make.collect(STDLIB / "email", 8, 40).values(), [])}
+    rows = [json.loads(line) for line in (tmp_path / "a" / "train.jsonl").read_text().splitlines()]
+    errors = Counter(t for r in rows for t in r["tags"] if t.startswith("B-"))
+    assert len(rows) == 60 and errors["B-SUB"] > 5 and errors["B-SWAP"] > 5
+    for row in rows:
+        words, tags = row["tokens"], row["tags"]
+        original = list(words)
+        for i, tag in enumerate(tags):
+            if tag == "B-SWAP":
+                assert tags[i + 1] == "I-SWAP" and words[i] != words[i + 1]
+                original[i], original[i + 1] = words[i + 1], words[i]
+        candidates = [c for c in clean.values() if len(c) == len(words)
+                      and all(c[i] == original[i] for i, t in enumerate(tags) if t != "B-SUB")]
+        assert candidates, row  # the clean sentence, up to the substituted words
+        assert any(all(c[i] != words[i] for i, t in enumerate(tags) if t == "B-SUB") for c in candidates)
+    assert read_tagged(tmp_path / "a" / "test.jsonl").words
+    assert make.main(["--out", str(tmp_path / "c"), "--root", str(tmp_path / "missing")]) == 2
+    # The pretraining corpus: every docstring of the training files, and none of a dev or test file.
+    files = sorted((STDLIB / "email").rglob("*.py"))
+    split = {f: make.split_of(f.relative_to(STDLIB / "email").as_posix(), dev=0.1, test=0.2) for f in files}
+    expected = [doc for f in files if split[f] == "train" for doc in make.docstrings_of(f)]
+    corpus = [json.loads(line)["text"] for line in (tmp_path / "new" / "corpus.jsonl").read_text().splitlines()]
+    assert corpus == expected and set(split.values()) == {"train", "dev", "test"}
+    assert [p.name for p in (tmp_path / "new").iterdir()] == ["corpus.jsonl"]  # no partial file left
