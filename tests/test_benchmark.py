@@ -139,4 +139,4 @@ def test_benchmark_mistakes_name_the_key(bench_yaml, tmp_path):
     with pytest.raises(ConfigError, match="unknown config key seed; did you mean seeds"):
         run("seed=[1]")
     shipped = load_config(Path(__file__).parent.parent / "configs" / "bench.yaml", [], BenchmarkConfig)
-    assert list(shipped.tasks) == ["topics", "params", "relatedness"] and shipped.seeds == [0, 1, 2]
+    assert list(shipped.tasks) == ["topics", "params", "errors", "relatedness"] and shipped.seeds == [0, 1, 2]
