@@ -22,7 +22,8 @@ The labels are exact (made, not annotated). Splits are by source file (a blake2b
 path); all randomness comes from --seed, and files are read in sorted order.
 
 `--corpus FILE` also writes every docstring of the *training* files (whole, unlabelled, no dev or
-test file among them) as JSON Lines {"text": ...}: in-domain text to pretrain on, the way a user
+test file among them; a sentence found in any training file is a training sentence, so no dev or
+test sentence is in it) as JSON Lines {"text": ...}: in-domain text to pretrain on, the way a user
 pretrains on their own unlabelled notes before fine-tuning on the few they labelled.
 """
 from __future__ import annotations
@@ -87,8 +88,7 @@ def split_of(rel: str, dev: float, test: float) -> str:
 
 def collect(root: Path, min_words: int, max_words: int, corpus=None) -> dict[str, list[tuple[list[str], str]]]:
     """Sentences per split; with `corpus` (an open text file), the training files' docstrings go there."""
-    splits: dict[str, list[tuple[list[str], str]]] = {"train": [], "dev": [], "test": []}
-    seen: set[tuple[str, ...]] = set()
+    found: dict[str, list[tuple[tuple[str, ...], str]]] = {"train": [], "dev": [], "test": []}
     for path in sorted(root.rglob("*.py")):
         rel = path.relative_to(root).as_posix()
         if SKIP_DIRS & set(Path(rel).parts):
@@ -96,10 +96,16 @@ def collect(root: Path, min_words: int, max_words: int, corpus=None) -> dict[str
         split, docs = split_of(rel, dev=0.1, test=0.2), docstrings_of(path)
         if corpus is not None and split == "train":
             corpus.writelines(json.dumps({"text": doc}) + "\n" for doc in docs)
-        for words in sentences_of(docs, min_words, max_words):
-            if tuple(words) not in seen:  # a sentence copied into many files counts once
-                seen.add(tuple(words))
-                splits[split].append((words, rel))
+        found[split].extend((tuple(words), rel) for words in sentences_of(docs, min_words, max_words))
+    # A sentence copied into many files counts once, and in training if any training file has it,
+    # so no dev or test sentence is in the training files (nor in the --corpus written from them).
+    splits: dict[str, list[tuple[list[str], str]]] = {"train": [], "dev": [], "test": []}
+    seen: set[tuple[str, ...]] = set()
+    for split in ("train", "dev", "test"):
+        for words, rel in found[split]:
+            if words not in seen:
+                seen.add(words)
+                splits[split].append((list(words), rel))
     return splits
 
 

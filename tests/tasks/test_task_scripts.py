@@ -130,3 +130,6 @@ def test_error_task_tags_exactly_the_corrupted_words(tmp_path):
     corpus = [json.loads(line)["text"] for line in (tmp_path / "new" / "corpus.jsonl").read_text().splitlines()]
     assert corpus == expected and set(split.values()) == {"train", "dev", "test"}
     assert [p.name for p in (tmp_path / "new").iterdir()] == ["corpus.jsonl"]  # no partial file left
+    pretraining_text = {tuple(w) for w in make.sentences_of(corpus, 8, 40)}
+    held_out = make.collect(STDLIB / "email", 8, 40)
+    assert held_out["test"] and not pretraining_text & {tuple(w) for w, _ in held_out["dev"] + held_out["test"]}
