@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import hashlib
 import json
 import random
 import re
@@ -38,6 +37,9 @@ import sys
 import sysconfig
 from collections import Counter
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from task_splits import pick, split_of, write_tagged  # noqa: E402
 
 SKIP_DIRS = {"test", "tests", "testing", "idle_test", "__pycache__"}
 WORD = re.compile(r"\w+|[^\w\s]")
@@ -78,12 +80,6 @@ def sentences_of(docs: list[str], min_words: int, max_words: int) -> list[list[s
                 if min_words <= len(words) <= max_words and alphabetic >= 0.8 * len(words):
                     out.append(words)
     return out
-
-
-def split_of(rel: str, dev: float, test: float) -> str:
-    """train / dev / test by a hash of the file's path (stable across machines and runs)."""
-    u = int.from_bytes(hashlib.blake2b(rel.encode(), digest_size=8).digest(), "big") / 2 ** 64
-    return "test" if u < test else ("dev" if u < test + dev else "train")
 
 
 def collect(root: Path, min_words: int, max_words: int, corpus=None) -> dict[str, list[tuple[list[str], str]]]:
@@ -176,24 +172,18 @@ def main(argv: list[str] | None = None) -> int:
         splits = collect(Path(args.root), args.min_words, args.max_words)
     rng = random.Random(args.seed)
     sizes = {"train": args.train_size, "dev": args.dev_size, "test": args.test_size}
-    picked = {}
-    for name, items in splits.items():
-        if sizes[name] and len(items) < sizes[name]:
-            print(f"error: only {len(items)} {name} sentences under {args.root} (asked for {sizes[name]}); "
-                  f"lower --{name}-size", file=sys.stderr)
-            return 2
-        picked[name] = rng.sample(items, sizes[name]) if sizes[name] else list(items)
+    try:
+        picked = pick(splits, sizes, rng, args.root, shuffle=False)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     sampler = WordSampler([words for items in picked.values() for words, _ in items])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stats = {}
-    for name, items in picked.items():
+    for name, items in picked.items():  # corrupted in split order, from the same generator
         examples = [{**corrupt(words, sampler, rng), "source": rel} for words, rel in items]
-        with open(out / f"{name}.jsonl", "w", encoding="utf-8") as fh:
-            fh.writelines(json.dumps(ex) + "\n" for ex in examples)
-        tags = Counter(t for ex in examples for t in ex["tags"])
-        stats[name] = {"sentences": len(examples), "available": len(splits[name]),
-                       "words": sum(len(ex["tokens"]) for ex in examples), "tags": dict(sorted(tags.items()))}
+        stats[name] = {**write_tagged(out / f"{name}.jsonl", examples), "available": len(splits[name])}
     print(json.dumps({"out": str(out), "labels": LABELS, **stats}))
     return 0
 

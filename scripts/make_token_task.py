@@ -33,14 +33,15 @@ from __future__ import annotations
 
 import argparse
 import ast
-import hashlib
 import json
 import random
 import re
 import sys
 import sysconfig
-from collections import Counter
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from task_splits import pick, split_of, write_tagged  # noqa: E402
 
 SKIP_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
 WORD = re.compile(r"\w+|[^\w\s]")
@@ -121,13 +122,6 @@ def examples_of(path: Path, root: Path, max_words: int) -> list[dict]:
     return out
 
 
-def split_of(path: Path, root: Path, dev: float, test: float) -> str:
-    """train / dev / test by a hash of the file's path (stable across machines and runs)."""
-    digest = hashlib.blake2b(str(path.relative_to(root)).encode(), digest_size=8).digest()
-    u = int.from_bytes(digest, "big") / 2 ** 64
-    return "test" if u < test else ("dev" if u < test + dev else "train")
-
-
 def collect(root: Path, max_words: int, dev: float, test: float) -> dict[str, list[dict]]:
     splits: dict[str, list[dict]] = {"train": [], "dev": [], "test": []}
     seen: set[tuple[str, ...]] = set()
@@ -138,7 +132,7 @@ def collect(root: Path, max_words: int, dev: float, test: float) -> dict[str, li
             key = tuple(ex["tokens"])
             if key not in seen:  # exact duplicates (e.g. a pure-Python twin of a module) once
                 seen.add(key)
-                splits[split_of(path, root, dev, test)].append(ex)
+                splits[split_of(path.relative_to(root).as_posix(), dev, test)].append(ex)
     return splits
 
 
@@ -153,23 +147,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     splits = collect(Path(args.root), args.max_words, dev=0.1, test=0.2)
-    rng = random.Random(args.seed)
+    sizes = {"train": args.train_size, "dev": args.dev_size, "test": args.test_size}
+    try:
+        picked = pick(splits, sizes, random.Random(args.seed), args.root, shuffle=True)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    sizes = {"train": args.train_size, "dev": args.dev_size, "test": args.test_size}
-    stats = {}
-    for name, items in splits.items():
-        if sizes[name] and len(items) < sizes[name]:
-            print(f"error: only {len(items)} {name} examples under {args.root} (asked for {sizes[name]}); "
-                  f"lower --{name}-size", file=sys.stderr)
-            return 2
-        picked = rng.sample(items, sizes[name]) if sizes[name] else list(items)
-        rng.shuffle(picked)
-        with open(out / f"{name}.jsonl", "w", encoding="utf-8") as fh:
-            fh.writelines(json.dumps(ex) + "\n" for ex in picked)
-        tags = Counter(t for ex in picked for t in ex["tags"])
-        stats[name] = {"sentences": len(picked), "available": len(items),
-                       "words": sum(len(ex["tokens"]) for ex in picked), "tags": dict(sorted(tags.items()))}
+    stats = {name: {**write_tagged(out / f"{name}.jsonl", items), "available": len(splits[name])}
+             for name, items in picked.items()}
     print(json.dumps({"out": str(out), "labels": ["O", "B-OPTION", "I-OPTION", "B-PARAM", "I-PARAM"], **stats}))
     return 0
 
